@@ -1,0 +1,116 @@
+//! Command line: `edgepop run`, `edgepop check`, `edgepop demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Exit status for an invalid configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// Exit status when edgepop could not start for another reason.
+const EXIT_START: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "edgepop", version, about = "Edge reverse proxy: TLS, HTTP/2, caching, PROXY protocol, embedded DNS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run in the foreground until SIGTERM/SIGINT (logs on stderr, access log on stdout by default).
+    Run {
+        /// The configuration file.
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/edgepop/edgepop.toml")]
+        config: PathBuf,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Validate a configuration file and the certificates it points at, without serving.
+    Check {
+        /// The configuration file.
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/edgepop/edgepop.toml")]
+        config: PathBuf,
+    },
+    /// Try edgepop: a self-signed certificate, a built-in origin on loopback and edgepop in front of it.
+    Demo {
+        /// HTTPS port on 127.0.0.1.
+        #[arg(long, default_value_t = 8443)]
+        https_port: u16,
+        /// Plain HTTP port on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+    },
+}
+
+/// The binary's entry point: installs the TLS provider and logging, then runs the subcommand.
+pub fn main() -> ExitCode {
+    // One explicit provider for the whole process (ring, as pingora uses); never left to feature unification.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, log_json } => {
+            crate::init_tracing(log_json);
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("invalid configuration:\n{errors}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            run(config)
+        }
+        Command::Check { config } => check(&config),
+        Command::Demo { https_port, http_port } => {
+            crate::init_tracing(false);
+            match crate::demo::prepare(https_port, http_port) {
+                Ok(config) => run(config),
+                Err(e) => {
+                    eprintln!("demo: {}", crate::error_chain(&*e));
+                    ExitCode::from(EXIT_START)
+                }
+            }
+        }
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    match crate::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(crate::Error::Config(errors)) => {
+            eprintln!("invalid configuration:\n{errors}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("edgepop: {}", crate::error_chain(&e));
+            ExitCode::from(EXIT_START)
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for line in crate::check_certificates(&config) {
+        println!("{line}");
+    }
+    println!(
+        "{}: ok ({} listener(s), {} site(s), {} upstream(s))",
+        path.display(),
+        config.listeners.len(),
+        config.sites.len(),
+        config.upstreams.len()
+    );
+    ExitCode::SUCCESS
+}

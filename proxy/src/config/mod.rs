@@ -1,0 +1,759 @@
+//! Configuration: the TOML file parsed ([`raw`]) and validated into [`Config`].
+//!
+//! Every error names the file, line, column and key (`edgepop.toml:14:9: upstream.api.servers: ...`), and
+//! validation reports every problem it finds rather than stopping at the first.
+
+mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use raw::{RawConfig, RawProxyProtocol, RawSize};
+
+/// One problem in a configuration file, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given on the command line.
+    pub file: PathBuf,
+    /// 1-based line; 0 when the problem has no position (e.g. the file is unreadable).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path, e.g. `upstream.api.servers[1]`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: ", self.file.display())?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All problems found in one file (never empty).
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// PROXY protocol handling on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// No header is expected; a connection that starts with one is treated as HTTP/TLS (and fails).
+    Off,
+    /// A header is parsed when present (from a trusted source).
+    Optional,
+    /// Every connection must start with a header from a trusted source.
+    Required,
+}
+
+/// A public listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// Terminate TLS.
+    pub tls: bool,
+    /// PROXY protocol mode.
+    pub proxy_protocol: ProxyProtocol,
+    /// Sources allowed to send a PROXY header.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Connection cap.
+    pub max_connections: usize,
+}
+
+/// Certificate and TLS policy settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Certs directory (vault-agent layout).
+    pub certs_dir: PathBuf,
+    /// Chain file name.
+    pub chain_file: String,
+    /// Key file name.
+    pub key_file: String,
+    /// Default certificate's domain.
+    pub default_cert: Option<String>,
+    /// Issue session tickets.
+    pub session_tickets: bool,
+    /// Session cache entries.
+    pub session_cache_size: usize,
+    /// Fallback rescan period.
+    pub rescan_interval: Duration,
+}
+
+/// Resolver settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    /// Nameservers; empty means /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Address family policy.
+    pub ip_strategy: edgepop_resolver::IpStrategy,
+    /// TTL lower clamp.
+    pub min_ttl: Duration,
+    /// TTL upper clamp.
+    pub max_ttl: Duration,
+    /// Per-query timeout.
+    pub timeout: Duration,
+    /// Serve-stale window.
+    pub serve_stale: Duration,
+}
+
+/// Client-facing HTTP settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Request body limit in bytes.
+    pub max_body_size: u64,
+    /// 421 or 404.
+    pub unknown_host_status: u16,
+    /// Client keepalive idle timeout.
+    pub keepalive_timeout: Duration,
+    /// ALPN h2 on TLS listeners.
+    pub http2: bool,
+}
+
+/// Access log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// nginx combined, with the real client address first.
+    Combined,
+    /// One JSON object per line.
+    Json,
+    /// No access log.
+    Off,
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// Format.
+    pub format: AccessLogFormat,
+    /// `None` = stdout.
+    pub path: Option<PathBuf>,
+}
+
+/// One `host:port` entry of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    /// DNS name or IP literal (without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Set when `host` is an IP literal: no DNS needed.
+    pub ip: Option<IpAddr>,
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// A named upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    /// Its name in the file.
+    pub name: String,
+    /// Servers, in file order.
+    pub servers: Vec<ServerAddr>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Read timeout.
+    pub read_timeout: Duration,
+    /// Send timeout.
+    pub send_timeout: Duration,
+    /// Pooled connection idle timeout.
+    pub keepalive_timeout: Duration,
+}
+
+/// A site: host names and where their requests go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// Host names (lowercase; wildcards as `*.example.com`).
+    pub names: Vec<String>,
+    /// The upstream's name (validated to exist).
+    pub upstream: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Proxy runtime threads.
+    pub threads: usize,
+    /// SIGTERM/SIGINT drain timeout.
+    pub drain_timeout: Duration,
+    /// Upstream keepalive pool size.
+    pub upstream_keepalive_pool: usize,
+    /// Admin listener address (`None` = disabled).
+    pub admin_address: Option<SocketAddr>,
+    /// Public listeners.
+    pub listeners: Vec<Listener>,
+    /// TLS.
+    pub tls: TlsConfig,
+    /// DNS.
+    pub dns: DnsConfig,
+    /// HTTP.
+    pub http: HttpConfig,
+    /// Access log.
+    pub access_log: AccessLogConfig,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Sites in file order.
+    pub sites: Vec<Site>,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read configuration file: {e}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (used in error messages and to resolve relative paths).
+    pub fn parse(path: impl AsRef<Path>, text: &str) -> Result<Config, ConfigErrors> {
+        let path = path.as_ref();
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let (line, column) = e
+                    .span()
+                    .map_or((1, 1), |span| line_col(text, span.start));
+                let message = e.message().trim_end().to_owned();
+                return Err(ConfigErrors(vec![ConfigError {
+                    file: path.to_owned(),
+                    line,
+                    column,
+                    key: String::new(),
+                    message,
+                }]));
+            }
+        };
+        let mut v = Validator {
+            path,
+            text,
+            errors: Vec::new(),
+        };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    fn base_dir(path: &Path) -> PathBuf {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_owned)
+    }
+}
+
+/// Converts a byte offset into 1-based line and column (columns count characters).
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.path.to_owned(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, value: &Spanned<String>, key: &str) -> Duration {
+        match humantime::parse_duration(value.get_ref().trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(
+                    value.span(),
+                    key,
+                    format!(
+                        "invalid duration {:?} ({e}); use e.g. \"3s\", \"500ms\", \"1d\"",
+                        value.get_ref()
+                    ),
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn opt_duration(&mut self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        value.as_ref().map_or(default, |v| self.duration(v, key))
+    }
+
+    fn size(&mut self, value: &Spanned<RawSize>, key: &str) -> u64 {
+        match value.get_ref() {
+            RawSize::Bytes(b) => *b,
+            RawSize::Text(t) => match t.trim().parse::<bytesize::ByteSize>() {
+                Ok(b) => b.as_u64(),
+                Err(e) => {
+                    self.error(
+                        value.span(),
+                        key,
+                        format!("invalid size {t:?} ({e}); use e.g. \"10MiB\", \"512KiB\", 1048576"),
+                    );
+                    0
+                }
+            },
+        }
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let p = PathBuf::from(value);
+        if p.is_absolute() {
+            p
+        } else {
+            Config::base_dir(self.path).join(p)
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let threads = *raw.server.threads.get_ref();
+        if threads == 0 || threads > 256 {
+            self.error(raw.server.threads.span(), "server.threads", "must be between 1 and 256");
+        }
+        let drain_timeout = self.duration(&raw.server.drain_timeout, "server.drain-timeout");
+
+        let admin_address = raw.admin.address.as_ref().and_then(|a| {
+            if a.get_ref().is_empty() || a.get_ref() == "off" {
+                return None;
+            }
+            self.socket_addr(a, "admin.address")
+        });
+
+        let listeners = self.listeners(&raw.listeners);
+        let tls = self.tls(&raw.tls);
+        let dns = self.dns(&raw.dns);
+        let http = self.http(&raw.http);
+        let access_log = self.access_log(&raw.access_log);
+        let upstreams = self.upstreams(&raw.upstreams);
+        let sites = self.sites(&raw.sites, &upstreams);
+
+        if let Some(admin) = admin_address {
+            if listeners.iter().any(|l| l.address == admin) {
+                self.error(
+                    raw.admin.address.as_ref().map_or(0..0, Spanned::span),
+                    "admin.address",
+                    format!("{admin} is also a public listener; the admin listener must be separate"),
+                );
+            }
+        }
+
+        Config {
+            path: self.path.to_owned(),
+            threads,
+            drain_timeout,
+            upstream_keepalive_pool: raw.server.upstream_keepalive_pool,
+            admin_address,
+            listeners,
+            tls,
+            dns,
+            http,
+            access_log,
+            upstreams,
+            sites,
+        }
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match value.get_ref().trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    value.span(),
+                    key,
+                    format!(
+                        "invalid address {:?}; expected ip:port such as \"0.0.0.0:443\" or \"[::]:443\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn listeners(&mut self, raw: &[Spanned<raw::RawListener>]) -> Vec<Listener> {
+        if raw.is_empty() {
+            self.error(0..0, "listener", "at least one [[listener]] is required");
+        }
+        let mut out: Vec<Listener> = Vec::new();
+        for (i, l) in raw.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            let Some(address) = self.socket_addr(&l.get_ref().address, &format!("{key}.address")) else {
+                continue;
+            };
+            let l_ref = l.get_ref();
+            if out.iter().any(|o| o.address == address) {
+                self.error(
+                    l_ref.address.span(),
+                    format!("{key}.address"),
+                    format!("{address} is bound by another listener"),
+                );
+            }
+            let proxy_protocol = match &l_ref.proxy_protocol {
+                None => ProxyProtocol::Off,
+                Some(pp) => match pp.get_ref() {
+                    RawProxyProtocol::Bool(true) => ProxyProtocol::Required,
+                    RawProxyProtocol::Bool(false) => ProxyProtocol::Off,
+                    RawProxyProtocol::Mode(m) => match m.as_str() {
+                        "off" => ProxyProtocol::Off,
+                        "optional" => ProxyProtocol::Optional,
+                        "required" => ProxyProtocol::Required,
+                        other => {
+                            self.error(
+                                pp.span(),
+                                format!("{key}.proxy-protocol"),
+                                format!("unknown mode {other:?}; expected \"off\", \"optional\" or \"required\" (or true/false)"),
+                            );
+                            ProxyProtocol::Off
+                        }
+                    },
+                },
+            };
+            let mut trusted_proxies = Vec::new();
+            for (j, cidr) in l_ref.trusted_proxies.iter().enumerate() {
+                let text = cidr.get_ref().trim();
+                let parsed = text
+                    .parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(net) => trusted_proxies.push(net.trunc()),
+                    Err(_) => self.error(
+                        cidr.span(),
+                        format!("{key}.trusted-proxies[{j}]"),
+                        format!("invalid CIDR {text:?}; expected e.g. \"172.16.0.0/16\" or \"fdaa::/16\""),
+                    ),
+                }
+            }
+            if proxy_protocol != ProxyProtocol::Off && l_ref.trusted_proxies.is_empty() {
+                self.error(
+                    l.span(),
+                    format!("{key}.trusted-proxies"),
+                    "proxy-protocol is on but no trusted-proxies are listed; list the CIDRs of the load balancer (e.g. Fly's \"172.16.0.0/16\"), or \"0.0.0.0/0\" to trust everyone",
+                );
+            }
+            let max_connections = match &l_ref.max_connections {
+                None => 4096,
+                Some(m) if *m.get_ref() == 0 => {
+                    self.error(m.span(), format!("{key}.max-connections"), "must be at least 1");
+                    1
+                }
+                Some(m) => *m.get_ref(),
+            };
+            out.push(Listener {
+                address,
+                tls: l_ref.tls,
+                proxy_protocol,
+                trusted_proxies,
+                max_connections,
+            });
+        }
+        out
+    }
+
+    fn tls(&mut self, raw: &raw::RawTls) -> TlsConfig {
+        for (name, key) in [(&raw.chain_file, "tls.chain-file"), (&raw.key_file, "tls.key-file")] {
+            if name.is_empty() || name.contains('/') {
+                self.error(0..0, key, format!("{name:?} must be a plain file name"));
+            }
+        }
+        let default_cert = raw.default_cert.as_ref().map(|d| d.get_ref().trim().to_ascii_lowercase());
+        TlsConfig {
+            certs_dir: self.path(raw.certs_dir.get_ref()),
+            chain_file: raw.chain_file.clone(),
+            key_file: raw.key_file.clone(),
+            default_cert,
+            session_tickets: raw.session_tickets,
+            session_cache_size: raw.session_cache_size,
+            rescan_interval: self.duration(&raw.rescan_interval, "tls.rescan-interval"),
+        }
+    }
+
+    fn dns(&mut self, raw: &raw::RawDns) -> DnsConfig {
+        use edgepop_resolver::IpStrategy;
+        let mut nameservers = Vec::new();
+        for (i, ns) in raw.nameservers.iter().enumerate() {
+            let text = ns.get_ref().trim();
+            let parsed = text
+                .parse::<SocketAddr>()
+                .ok()
+                .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Some(a) => nameservers.push(a),
+                None => self.error(
+                    ns.span(),
+                    format!("dns.nameservers[{i}]"),
+                    format!("invalid nameserver {text:?}; expected an IP, optionally with :port"),
+                ),
+            }
+        }
+        let ip_strategy = match raw.ip_strategy.get_ref().as_str() {
+            "ipv4-only" => IpStrategy::Ipv4Only,
+            "ipv6-only" => IpStrategy::Ipv6Only,
+            "ipv4-and-ipv6" => IpStrategy::Ipv4AndIpv6,
+            "ipv4-then-ipv6" => IpStrategy::Ipv4ThenIpv6,
+            "ipv6-then-ipv4" => IpStrategy::Ipv6ThenIpv4,
+            other => {
+                self.error(
+                    raw.ip_strategy.span(),
+                    "dns.ip-strategy",
+                    format!("unknown strategy {other:?}; expected ipv4-only, ipv6-only, ipv4-and-ipv6, ipv4-then-ipv6 or ipv6-then-ipv4"),
+                );
+                IpStrategy::Ipv4ThenIpv6
+            }
+        };
+        let min_ttl = self.duration(&raw.min_ttl, "dns.min-ttl");
+        let max_ttl = self.duration(&raw.max_ttl, "dns.max-ttl");
+        if min_ttl > max_ttl {
+            self.error(raw.min_ttl.span(), "dns.min-ttl", "is larger than dns.max-ttl");
+        }
+        let timeout = self.duration(&raw.timeout, "dns.timeout");
+        if timeout.is_zero() {
+            self.error(raw.timeout.span(), "dns.timeout", "must be more than zero");
+        }
+        DnsConfig {
+            nameservers,
+            ip_strategy,
+            min_ttl,
+            max_ttl,
+            timeout,
+            serve_stale: self.duration(&raw.serve_stale, "dns.serve-stale"),
+        }
+    }
+
+    fn http(&mut self, raw: &raw::RawHttp) -> HttpConfig {
+        let status = *raw.unknown_host_status.get_ref();
+        if status != 421 && status != 404 {
+            self.error(raw.unknown_host_status.span(), "http.unknown-host-status", "must be 421 or 404");
+        }
+        HttpConfig {
+            max_body_size: self.size(&raw.max_body_size, "http.max-body-size"),
+            unknown_host_status: status,
+            keepalive_timeout: self.duration(&raw.keepalive_timeout, "http.keepalive-timeout"),
+            http2: raw.http2,
+        }
+    }
+
+    fn access_log(&mut self, raw: &raw::RawAccessLog) -> AccessLogConfig {
+        let format = match raw.format.get_ref().as_str() {
+            "combined" => AccessLogFormat::Combined,
+            "json" => AccessLogFormat::Json,
+            "off" => AccessLogFormat::Off,
+            other => {
+                self.error(
+                    raw.format.span(),
+                    "access-log.format",
+                    format!("unknown format {other:?}; expected \"combined\", \"json\" or \"off\""),
+                );
+                AccessLogFormat::Combined
+            }
+        };
+        let path = match raw.path.as_str() {
+            "-" | "" => None,
+            p => Some(self.path(p)),
+        };
+        AccessLogConfig { format, path }
+    }
+
+    fn upstreams(&mut self, raw: &BTreeMap<String, Spanned<raw::RawUpstream>>) -> BTreeMap<String, Arc<Upstream>> {
+        let three = Duration::from_secs(3);
+        let mut out = BTreeMap::new();
+        for (name, up) in raw {
+            let key = format!("upstream.{name}");
+            let up_ref = up.get_ref();
+            let mut servers = Vec::new();
+            if up_ref.servers.get_ref().is_empty() {
+                self.error(up_ref.servers.span(), format!("{key}.servers"), "needs at least one host:port");
+            }
+            for (i, s) in up_ref.servers.get_ref().iter().enumerate() {
+                match parse_server(s.get_ref()) {
+                    Ok(addr) => servers.push(addr),
+                    Err(msg) => self.error(s.span(), format!("{key}.servers[{i}]"), msg),
+                }
+            }
+            let upstream = Upstream {
+                name: name.clone(),
+                servers,
+                connect_timeout: self.opt_duration(&up_ref.connect_timeout, &format!("{key}.connect-timeout"), three),
+                read_timeout: self.opt_duration(&up_ref.read_timeout, &format!("{key}.read-timeout"), three),
+                send_timeout: self.opt_duration(&up_ref.send_timeout, &format!("{key}.send-timeout"), three),
+                keepalive_timeout: self.opt_duration(
+                    &up_ref.keepalive_timeout,
+                    &format!("{key}.keepalive-timeout"),
+                    Duration::from_secs(60),
+                ),
+            };
+            for (d, k) in [
+                (upstream.connect_timeout, "connect-timeout"),
+                (upstream.read_timeout, "read-timeout"),
+                (upstream.send_timeout, "send-timeout"),
+            ] {
+                if d.is_zero() {
+                    self.error(up.span(), format!("{key}.{k}"), "must be more than zero");
+                }
+            }
+            out.insert(name.clone(), Arc::new(upstream));
+        }
+        out
+    }
+
+    fn sites(&mut self, raw: &[Spanned<raw::RawSite>], upstreams: &BTreeMap<String, Arc<Upstream>>) -> Vec<Site> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, site) in raw.iter().enumerate() {
+            let key = format!("site[{i}]");
+            let s = site.get_ref();
+            if !upstreams.contains_key(s.upstream.get_ref()) {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                self.error(
+                    s.upstream.span(),
+                    format!("{key}.upstream"),
+                    format!(
+                        "no [upstream.{}] is defined (defined: {})",
+                        s.upstream.get_ref(),
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                );
+            }
+            if s.names.get_ref().is_empty() {
+                self.error(s.names.span(), format!("{key}.names"), "needs at least one host name");
+            }
+            let mut names = Vec::new();
+            for (j, n) in s.names.get_ref().iter().enumerate() {
+                let name = n.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+                if let Err(msg) = check_host_pattern(&name) {
+                    self.error(n.span(), format!("{key}.names[{j}]"), msg);
+                    continue;
+                }
+                if let Some(prev) = seen.insert(name.clone(), i) {
+                    self.error(
+                        n.span(),
+                        format!("{key}.names[{j}]"),
+                        format!("{name:?} is already served by site[{prev}]"),
+                    );
+                }
+                names.push(name);
+            }
+            out.push(Site {
+                names,
+                upstream: s.upstream.get_ref().clone(),
+            });
+        }
+        out
+    }
+}
+
+/// Parses an upstream server `host:port`, `ip:port` or `[v6]:port`.
+fn parse_server(text: &str) -> Result<ServerAddr, String> {
+    let text = text.trim();
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Ok(ServerAddr {
+            host: sa.ip().to_string(),
+            port: sa.port(),
+            ip: Some(sa.ip()),
+        });
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port; expected host:port such as \"origin.example.ts.net:8080\""));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid port {port:?} in {text:?}"))?;
+    if port == 0 {
+        return Err(format!("port 0 in {text:?}"));
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
+        return Err(format!("invalid address {text:?}; write IPv6 as [addr]:port"));
+    }
+    check_host_pattern(&host)?;
+    if host.starts_with('*') {
+        return Err(format!("{host:?}: an upstream host cannot be a wildcard"));
+    }
+    Ok(ServerAddr { host, port, ip: None })
+}
+
+/// Checks a DNS name or a one-label wildcard (`*.example.com`).
+fn check_host_pattern(name: &str) -> Result<(), String> {
+    let bare = name.strip_prefix("*.").unwrap_or(name);
+    if bare.is_empty() || bare.len() > 253 {
+        return Err(format!("{name:?} is not a valid host name"));
+    }
+    for label in bare.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{name:?} is not a valid host name (wildcards are allowed only as a whole first label, \"*.example.com\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! The TOML schema, exactly as operators write it.
+//!
+//! Every struct here denies unknown fields and documents its keys; `docs/config.md` mirrors these comments.
+//! Values that need checking beyond their type (addresses, durations, sizes, references between sections) are
+//! wrapped in [`toml::Spanned`] so that [`super::Config`] can report `file:line:col: key: message`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawConfig {
+    /// Process-wide settings: threads, drain timeout, privileges.
+    #[serde(default)]
+    pub(crate) server: RawServer,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`, purge.
+    #[serde(default)]
+    pub(crate) admin: RawAdmin,
+    /// Public listeners (`[[listener]]`, at least one).
+    #[serde(default, rename = "listener")]
+    pub(crate) listeners: Vec<Spanned<RawListener>>,
+    /// Certificates and TLS policy.
+    #[serde(default)]
+    pub(crate) tls: RawTls,
+    /// The embedded DNS resolver for upstream names.
+    #[serde(default)]
+    pub(crate) dns: RawDns,
+    /// Request limits and client-facing HTTP behaviour.
+    #[serde(default)]
+    pub(crate) http: RawHttp,
+    /// The access log.
+    #[serde(default)]
+    pub(crate) access_log: RawAccessLog,
+    /// Named upstreams (`[upstream.NAME]`).
+    #[serde(default, rename = "upstream")]
+    pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    /// Sites (`[[site]]`): which host names go to which upstream.
+    #[serde(default, rename = "site")]
+    pub(crate) sites: Vec<Spanned<RawSite>>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(crate) struct RawServer {
+    /// Worker threads for the proxy runtime. Default 1 (a small machine has one or two vCPUs).
+    pub(crate) threads: Spanned<usize>,
+    /// How long SIGTERM/SIGINT wait for in-flight requests before exiting. Default "10s".
+    pub(crate) drain_timeout: Spanned<String>,
+    /// Idle upstream connections kept per process (pingora's keepalive pool). Default 128.
+    pub(crate) upstream_keepalive_pool: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            threads: Spanned::new(0..0, 1),
+            drain_timeout: Spanned::new(0..0, "10s".to_owned()),
+            upstream_keepalive_pool: 128,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(crate) struct RawAdmin {
+    /// Address of the admin listener. Default "127.0.0.1:9901". Never expose it publicly.
+    pub(crate) address: Option<Spanned<String>>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            address: Some(Spanned::new(0..0, "127.0.0.1:9901".to_owned())),
+        }
+    }
+}
+
+/// PROXY protocol mode of a listener: `"off"`, `"optional"` or `"required"`; `true` means required.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawProxyProtocol {
+    /// `true` = required, `false` = off.
+    Bool(bool),
+    /// `"off" | "optional" | "required"`.
+    Mode(String),
+}
+
+/// `[[listener]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawListener {
+    /// `ip:port` to bind, e.g. "0.0.0.0:443" or "[::]:443".
+    pub(crate) address: Spanned<String>,
+    /// Terminate TLS on this listener. Default false.
+    #[serde(default)]
+    pub(crate) tls: bool,
+    /// Expect a PROXY protocol (v1 or v2) header first. Default off.
+    #[serde(default)]
+    pub(crate) proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+    /// CIDRs allowed to send a PROXY header (nginx `set_real_ip_from`). Required when proxy-protocol is on.
+    #[serde(default)]
+    pub(crate) trusted_proxies: Vec<Spanned<String>>,
+    /// Maximum open client connections on this listener; further connections are closed at once. Default 4096.
+    #[serde(default)]
+    pub(crate) max_connections: Option<Spanned<usize>>,
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(crate) struct RawTls {
+    /// Directory with one sub-directory per domain holding the chain and key files. Default "/var/lib/edgepop/certs".
+    pub(crate) certs_dir: Spanned<String>,
+    /// Certificate chain file name inside each domain directory. Default "chain.pem".
+    pub(crate) chain_file: String,
+    /// Private key file name inside each domain directory. Default "key.pem".
+    pub(crate) key_file: String,
+    /// Domain whose certificate answers clients with no or unknown SNI. Default: none (handshake refused).
+    pub(crate) default_cert: Option<Spanned<String>>,
+    /// Issue TLS session tickets. Default false (session-ID resumption only, as the nginx setup had).
+    pub(crate) session_tickets: bool,
+    /// Entries in the server-side session cache. Default 4096 (about 1 MB).
+    pub(crate) session_cache_size: usize,
+    /// Fallback rescan period of the certs directory. Default "60s".
+    pub(crate) rescan_interval: Spanned<String>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            certs_dir: Spanned::new(0..0, "/var/lib/edgepop/certs".to_owned()),
+            chain_file: "chain.pem".to_owned(),
+            key_file: "key.pem".to_owned(),
+            default_cert: None,
+            session_tickets: false,
+            session_cache_size: 4096,
+            rescan_interval: Spanned::new(0..0, "60s".to_owned()),
+        }
+    }
+}
+
+/// `[dns]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(crate) struct RawDns {
+    /// Nameservers as `ip` or `ip:port`, tried in order. Default: the system's /etc/resolv.conf.
+    pub(crate) nameservers: Vec<Spanned<String>>,
+    /// "ipv4-only", "ipv6-only", "ipv4-and-ipv6", "ipv4-then-ipv6" (default), "ipv6-then-ipv4".
+    pub(crate) ip_strategy: Spanned<String>,
+    /// Lower clamp on answer TTLs. Default "5s".
+    pub(crate) min_ttl: Spanned<String>,
+    /// Upper clamp on answer TTLs. Default "1h".
+    pub(crate) max_ttl: Spanned<String>,
+    /// Per-query timeout. Default "2s".
+    pub(crate) timeout: Spanned<String>,
+    /// How long the last good answer keeps being used while every nameserver fails (RFC 8767). Default "1d".
+    pub(crate) serve_stale: Spanned<String>,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        let s = |v: &str| Spanned::new(0..0, v.to_owned());
+        Self {
+            nameservers: Vec::new(),
+            ip_strategy: s("ipv4-then-ipv6"),
+            min_ttl: s("5s"),
+            max_ttl: s("1h"),
+            timeout: s("2s"),
+            serve_stale: s("1d"),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(crate) struct RawHttp {
+    /// Largest accepted request body (nginx `client_max_body_size`); larger gets 413. Default "10MiB".
+    pub(crate) max_body_size: Spanned<RawSize>,
+    /// Status for a request whose host no site serves: 421 or 404. Default 421.
+    pub(crate) unknown_host_status: Spanned<u16>,
+    /// Idle time allowed between requests on a client keepalive connection. Default "75s" (nginx).
+    pub(crate) keepalive_timeout: Spanned<String>,
+    /// Allow HTTP/2 on TLS listeners (ALPN h2). Default true.
+    pub(crate) http2: bool,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            max_body_size: Spanned::new(0..0, RawSize::Text("10MiB".to_owned())),
+            unknown_host_status: Spanned::new(0..0, 421),
+            keepalive_timeout: Spanned::new(0..0, "75s".to_owned()),
+            http2: true,
+        }
+    }
+}
+
+/// A byte size: an integer, or a string such as "10MiB", "512k", "1 GiB".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    /// Plain bytes.
+    Bytes(u64),
+    /// With a unit.
+    Text(String),
+}
+
+/// `[access-log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(crate) struct RawAccessLog {
+    /// "combined" (nginx combined with the real client address), "json" or "off". Default "combined".
+    pub(crate) format: Spanned<String>,
+    /// "-" for stdout (default), or a file path (appended to).
+    pub(crate) path: String,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        Self {
+            format: Spanned::new(0..0, "combined".to_owned()),
+            path: "-".to_owned(),
+        }
+    }
+}
+
+/// `[upstream.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawUpstream {
+    /// One or more `host:port`; host is a DNS name (resolved by the embedded resolver) or an IP.
+    pub(crate) servers: Spanned<Vec<Spanned<String>>>,
+    /// TCP connect timeout. Default "3s" (nginx `proxy_connect_timeout`).
+    #[serde(default)]
+    pub(crate) connect_timeout: Option<Spanned<String>>,
+    /// Timeout between two reads from the upstream. Default "3s" (nginx `proxy_read_timeout`).
+    #[serde(default)]
+    pub(crate) read_timeout: Option<Spanned<String>>,
+    /// Timeout between two writes to the upstream. Default "3s" (nginx `proxy_send_timeout`).
+    #[serde(default)]
+    pub(crate) send_timeout: Option<Spanned<String>>,
+    /// How long an idle pooled upstream connection is kept. Default "60s".
+    #[serde(default)]
+    pub(crate) keepalive_timeout: Option<Spanned<String>>,
+}
+
+/// `[[site]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawSite {
+    /// Host names this site answers: exact ("example.com") or one-label wildcards ("*.example.com").
+    pub(crate) names: Spanned<Vec<Spanned<String>>>,
+    /// Name of the `[upstream.NAME]` requests are forwarded to.
+    pub(crate) upstream: Spanned<String>,
+}

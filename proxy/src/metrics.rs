@@ -1,0 +1,171 @@
+//! Prometheus metrics of the proxy crate, in the default registry that `/metrics` serves.
+//!
+//! Names follow `edgepop_<area>_<what>_<unit>`; labels are small enums (status class, method class, a reason),
+//! plus the site's configured name, which the operator bounds. Never a raw request host or path.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
+    if let Err(e) = prometheus::register(Box::new(c.clone())) {
+        tracing::warn!(error = %e, "metric registration failed; it will not be exported");
+    }
+    c
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("static metric definition {name} is invalid: {e}"));
+    register(c)
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("static metric definition {name} is invalid: {e}"));
+    register(g)
+}
+
+/// Latency buckets from 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// `edgepop_http_requests_total{site,method,code_class}`
+pub(crate) static HTTP_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "edgepop_http_requests_total",
+        "HTTP requests answered, by site, method class and status class.",
+        &["site", "method", "code_class"],
+    )
+});
+
+/// `edgepop_http_request_duration_seconds{site}`
+pub(crate) static HTTP_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    let h = HistogramVec::new(
+        HistogramOpts::new(
+            "edgepop_http_request_duration_seconds",
+            "Time from request header to the end of the response, by site.",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["site"],
+    )
+    .unwrap_or_else(|e| panic!("static metric definition is invalid: {e}"));
+    register(h)
+});
+
+/// `edgepop_upstream_response_duration_seconds`
+pub(crate) static UPSTREAM_DURATION: Lazy<Histogram> = Lazy::new(|| {
+    let h = Histogram::with_opts(
+        HistogramOpts::new(
+            "edgepop_upstream_response_duration_seconds",
+            "Time from connecting to the upstream to its response header.",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    )
+    .unwrap_or_else(|e| panic!("static metric definition is invalid: {e}"));
+    register(h)
+});
+
+/// `edgepop_upstream_errors_total{reason}`
+pub(crate) static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "edgepop_upstream_errors_total",
+        "Failed upstream attempts, by reason (refused, timeout, dns, interface, tls, reset, other).",
+        &["reason"],
+    )
+});
+
+/// `edgepop_connections_open{listener}`
+pub(crate) static CONNECTIONS_OPEN: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge_vec(
+        "edgepop_connections_open",
+        "Client connections currently open, by listener address.",
+        &["listener"],
+    )
+});
+
+/// `edgepop_connections_total{listener,result}`
+pub(crate) static CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "edgepop_connections_total",
+        "Client connections accepted, by listener and outcome (accepted, over_limit).",
+        &["listener", "result"],
+    )
+});
+
+/// `edgepop_proxy_protocol_errors_total{reason}`
+pub(crate) static PROXY_PROTOCOL_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "edgepop_proxy_protocol_errors_total",
+        "Connections closed while reading the PROXY protocol header, by reason.",
+        &["reason"],
+    )
+});
+
+/// `edgepop_tls_handshakes_total`
+pub(crate) static TLS_HANDSHAKES: Lazy<IntCounter> = Lazy::new(|| {
+    let c = IntCounter::new("edgepop_tls_handshakes_total", "Completed TLS handshakes.")
+        .unwrap_or_else(|e| panic!("static metric definition is invalid: {e}"));
+    register(c)
+});
+
+/// `edgepop_config_reloads_total{result}`
+pub(crate) static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "edgepop_config_reloads_total",
+        "Configuration reloads (SIGHUP), by result (ok, error).",
+        &["result"],
+    )
+});
+
+/// `edgepop_build_info{version}`
+pub(crate) static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge_vec("edgepop_build_info", "Always 1; labelled with the version.", &["version"])
+});
+
+/// `edgepop_process_start_time_seconds`
+pub(crate) static START_TIME: Lazy<IntGauge> = Lazy::new(|| {
+    let g = IntGauge::new(
+        "edgepop_process_start_time_seconds",
+        "Unix time the process started.",
+    )
+    .unwrap_or_else(|e| panic!("static metric definition is invalid: {e}"));
+    register(g)
+});
+
+/// HTTP status class label.
+pub(crate) fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// Request method label: the common methods by name, everything else as "other".
+pub(crate) fn method_class(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Sets the static gauges once at start-up.
+pub(crate) fn init() {
+    BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    START_TIME.set(i64::try_from(now).unwrap_or(i64::MAX));
+}

@@ -1,0 +1,222 @@
+//! PROXY protocol v1/v2 on accepted connections, before TLS or HTTP.
+//!
+//! The header is parsed with the `ppp` crate. It is trusted only when the TCP peer is inside one of the listener's
+//! trusted CIDRs; a header from anyone else is a protocol error, as is a malformed header or one that does not
+//! arrive within the timeout. Bytes read past the header are put back with `Stream::rewind`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use ppp::{HeaderResult, PartialResult, v1, v2};
+use tokio::io::AsyncReadExt;
+
+use crate::config::ProxyProtocol;
+
+/// Longest v1 header (RFC: 107 bytes).
+const V1_MAX: usize = 107;
+/// Longest v2 header we accept (16-byte preamble + TLVs). Fly's headers are far smaller.
+const V2_MAX: usize = 16 + 2048;
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Why a connection was refused during PROXY header processing (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Required header absent.
+    Missing,
+    /// A header from a peer outside the trusted CIDRs.
+    Untrusted,
+    /// Unparseable or oversized.
+    Malformed,
+    /// Not complete within the timeout.
+    Timeout,
+    /// The peer closed or the socket failed.
+    Io,
+}
+
+impl Refusal {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::Untrusted => "untrusted",
+            Refusal::Malformed => "malformed",
+            Refusal::Timeout => "timeout",
+            Refusal::Io => "io",
+        }
+    }
+}
+
+/// Is `peer` allowed to send a PROXY header?
+pub(crate) fn trusted(peer: IpAddr, cidrs: &[IpNet]) -> bool {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        v4 => v4,
+    };
+    cidrs.iter().any(|net| net.contains(&peer))
+}
+
+/// Reads an optional or required PROXY header from `stream`.
+///
+/// Returns the client address the header announces (`None` when there was no header, or a `LOCAL`/`UNKNOWN`
+/// header, in which case the TCP peer is the client).
+pub(crate) async fn read_header(
+    stream: &mut L4Stream,
+    peer: SocketAddr,
+    mode: ProxyProtocol,
+    cidrs: &[IpNet],
+    timeout: Duration,
+) -> Result<Option<SocketAddr>, Refusal> {
+    if mode == ProxyProtocol::Off {
+        return Ok(None);
+    }
+    let is_trusted = trusted(peer.ip(), cidrs);
+    if mode == ProxyProtocol::Required && !is_trusted {
+        return Err(Refusal::Untrusted);
+    }
+    match tokio::time::timeout(timeout, read(stream, mode)).await {
+        Err(_) => Err(Refusal::Timeout),
+        Ok(Err(r)) => Err(r),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(_))) if !is_trusted => Err(Refusal::Untrusted),
+        Ok(Ok(Some(addr))) => Ok(addr),
+    }
+}
+
+/// `Ok(None)`: no header (optional mode). `Ok(Some(None))`: a header without a usable address.
+async fn read(stream: &mut L4Stream, mode: ProxyProtocol) -> Result<Option<Option<SocketAddr>>, Refusal> {
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| Refusal::Io)?;
+        if n == 0 {
+            return Err(Refusal::Io);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match classify(&buf) {
+            Kind::NeedMore => continue,
+            Kind::NotProxy => {
+                return if mode == ProxyProtocol::Required {
+                    Err(Refusal::Missing)
+                } else {
+                    stream.rewind(&buf);
+                    Ok(None)
+                };
+            }
+            Kind::V1 | Kind::V2 => {}
+        }
+        let result = HeaderResult::parse(&buf);
+        if result.is_incomplete() {
+            if buf.len() >= V2_MAX || (buf[0] == b'P' && buf.len() >= V1_MAX) {
+                return Err(Refusal::Malformed);
+            }
+            continue;
+        }
+        let (len, addr) = match result {
+            HeaderResult::V1(Ok(h)) => (h.header.len(), v1_addr(&h.addresses)),
+            HeaderResult::V2(Ok(h)) => {
+                if h.len() > V2_MAX {
+                    return Err(Refusal::Malformed);
+                }
+                let addr = match h.command {
+                    v2::Command::Local => None,
+                    v2::Command::Proxy => v2_addr(&h.addresses),
+                };
+                (h.len(), addr)
+            }
+            HeaderResult::V1(Err(_)) | HeaderResult::V2(Err(_)) => return Err(Refusal::Malformed),
+        };
+        if len < buf.len() {
+            stream.rewind(&buf[len..]);
+        }
+        return Ok(Some(addr));
+    }
+}
+
+enum Kind {
+    NeedMore,
+    NotProxy,
+    V1,
+    V2,
+}
+
+/// Decides from the first bytes whether a PROXY header starts here. HTTP methods such as `POST` and `PRI` also
+/// start with `P`, so v1 needs six bytes to tell.
+fn classify(buf: &[u8]) -> Kind {
+    const V1_PREFIX: &[u8] = b"PROXY ";
+    let Some(&first) = buf.first() else {
+        return Kind::NeedMore;
+    };
+    let (prefix, kind): (&[u8], Kind) = match first {
+        b'P' => (V1_PREFIX, Kind::V1),
+        b'\r' => (V2_SIGNATURE, Kind::V2),
+        _ => return Kind::NotProxy,
+    };
+    let n = buf.len().min(prefix.len());
+    if buf[..n] != prefix[..n] {
+        Kind::NotProxy
+    } else if n < prefix.len() {
+        Kind::NeedMore
+    } else {
+        kind
+    }
+}
+
+fn v1_addr(a: &v1::Addresses) -> Option<SocketAddr> {
+    match a {
+        v1::Addresses::Tcp4(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+        v1::Addresses::Tcp6(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+        v1::Addresses::Unknown => None,
+    }
+}
+
+fn v2_addr(a: &v2::Addresses) -> Option<SocketAddr> {
+    match a {
+        v2::Addresses::IPv4(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+        v2::Addresses::IPv6(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+        v2::Addresses::Unspecified | v2::Addresses::Unix(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_table() {
+        let cases: [(&[u8], &str); 9] = [
+            (b"", "more"),
+            (b"P", "more"),
+            (b"PROX", "more"),
+            (b"PROXY TCP4", "v1"),
+            (b"POST / HTTP/1.1", "no"),
+            (b"PRI * HTTP/2.0", "no"),
+            (b"GET / HTTP/1.1", "no"),
+            (b"\x16\x03\x01", "no"),
+            (b"\r\n\r\n\0\r\nQUIT\n\x21", "v2"),
+        ];
+        for (input, want) in cases {
+            let got = match classify(input) {
+                Kind::NeedMore => "more",
+                Kind::NotProxy => "no",
+                Kind::V1 => "v1",
+                Kind::V2 => "v2",
+            };
+            assert_eq!(got, want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn trust_table() {
+        let nets: Vec<IpNet> = vec!["172.16.0.0/16".parse().unwrap(), "fdaa::/16".parse().unwrap()];
+        for (ip, want) in [
+            ("172.16.3.4", true),
+            ("172.17.0.1", false),
+            ("::ffff:172.16.0.9", true),
+            ("fdaa::1", true),
+            ("2001:db8::1", false),
+        ] {
+            assert_eq!(trusted(ip.parse().unwrap(), &nets), want, "{ip}");
+        }
+    }
+}
