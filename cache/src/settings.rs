@@ -33,6 +33,7 @@ impl Default for CacheSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSettings {
     /// Directory holding one file per entry (`<dir>/<2 hex>/<32 hex>`). Created with mode 0700.
+    /// One process per directory: at start it removes other instances' temp files.
     /// Default `/var/cache/edgepop`.
     pub dir: PathBuf,
     /// Total size of the entry files; least recently used entries are evicted beyond it.

@@ -52,6 +52,7 @@ pub struct CacheStats {
 /// Lookups try memory, then disk (promoting disk hits to memory). A finished miss is stored in
 /// memory at once and written to disk on tokio's blocking pool. Bodies over
 /// [`CacheSettings::max_object_bytes`] are not stored. Disk failures never fail a request.
+/// Entry files are not fsynced: one torn by a crash fails its checksum and is dropped.
 ///
 /// Partial-write streaming is not supported (`support_streaming_partial_write` is false): with it,
 /// pingora feeds even the filling request's client from storage, so a body that outgrows
@@ -198,7 +199,7 @@ impl TieredStorage {
                 }
             }
             self.memory.publish_gauges();
-            if ticks % SWEEP_EVERY == 0 {
+            if ticks.is_multiple_of(SWEEP_EVERY) {
                 self.sweep_disk(SystemTime::now()).await;
             }
             ticks += 1;

@@ -770,3 +770,57 @@ async fn open_reports_unusable_directories() {
         }
     ));
 }
+
+/// Concurrent fills, hits, purges and evictions on shared keys; afterwards the index must
+/// describe exactly the files on disk, with no temp files left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_use_keeps_index_and_files_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = expected_file_len("https://s.test/00", "s", 1500);
+    let s = open(CacheSettings {
+        disk: Some(DiskSettings {
+            max_bytes: 12 * one,
+            ..DiskSettings::new(dir.path())
+        }),
+        ..settings(dir.path(), 16 * 1024)
+    });
+    let mut tasks = Vec::new();
+    for t in 0..4u8 {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..60u32 {
+                let n = (i * 7 + u32::from(t) * 13) % 20;
+                let k = key(&format!("https://s.test/{n:02}"), (n % 3 == 0).then_some(t));
+                match i % 6 {
+                    0..=2 => put(s, &k, "s", &body(1500, t), 1).await,
+                    3 | 4 => {
+                        if let Some((_, got, _)) = get(s, &k).await {
+                            assert_eq!(got.len(), 1500);
+                        }
+                    }
+                    _ => {
+                        s.purge_primary(&format!("https://s.test/{n:02}")).await;
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    flush(s).await;
+
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    for shard in fs::read_dir(dir.path()).unwrap() {
+        for f in fs::read_dir(shard.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().into_string().unwrap();
+            assert!(!name.starts_with(".tmp."), "temp file {name} left behind");
+            files += 1;
+            bytes += f.metadata().unwrap().len();
+        }
+    }
+    let stats = s.stats();
+    assert_eq!((stats.disk_objects, stats.disk_bytes), (files, bytes));
+    assert!(bytes <= 12 * one);
+}

@@ -43,6 +43,6 @@ pub mod test_util;
 pub use error::CertError;
 pub use load::CertSummary;
 pub use metrics::{HandshakeFailure, record_handshake_failure, record_tls_error};
-pub use store::{CertSettings, CertStore, ReloadReport, scan};
+pub use store::{CertSettings, CertStore, DomainCheck, ReloadReport, scan};
 pub use tls::{TlsPolicy, intermediate_provider, server_config};
 pub use watch::watch;

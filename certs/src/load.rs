@@ -120,16 +120,17 @@ fn valid_domain_dir_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*'))
 }
 
+/// A domain directory's name and path (or why it cannot be used).
+pub(crate) type DomainDir = (String, Result<PathBuf, CertError>);
+
 /// Domain directories under `dir`, sorted by name. Hidden entries (`.tmp`, `..data`) and plain
 /// files are skipped; symlinks are followed.
-pub(crate) fn list_domains(
-    dir: &Path,
-) -> Result<Vec<(String, Result<PathBuf, CertError>)>, CertError> {
+pub(crate) fn list_domains(dir: &Path) -> Result<Vec<DomainDir>, CertError> {
     let read_dir = fs::read_dir(dir).map_err(|source| CertError::ReadDir {
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut out: Vec<(String, Result<PathBuf, CertError>)> = Vec::new();
+    let mut out: Vec<DomainDir> = Vec::new();
     for entry in read_dir {
         let entry = entry.map_err(|source| CertError::ReadDir {
             path: dir.to_path_buf(),
@@ -373,12 +374,13 @@ pub(crate) fn parse_pair(
             });
         }
     };
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|source| {
-        CertError::UnsupportedKey {
-            path: key_path.clone(),
-            source,
-        }
-    })?;
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|source| {
+            CertError::UnsupportedKey {
+                path: key_path.clone(),
+                source,
+            }
+        })?;
     let key_algorithm = key_algorithm(signing_key.algorithm(), key_bits);
     let chain_len = chain.len();
     let certified = CertifiedKey::new(chain, signing_key);

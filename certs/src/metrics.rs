@@ -108,10 +108,7 @@ pub(crate) fn record_reload(ok: bool) {
     }
 }
 
-pub(crate) fn record_snapshot<'a>(
-    live: impl Iterator<Item = (&'a str, SystemTime)>,
-    count: usize,
-) {
+pub(crate) fn record_snapshot<'a>(live: impl Iterator<Item = (&'a str, SystemTime)>, count: usize) {
     for (name, not_after) in live {
         NOT_AFTER.with_label_values(&[name]).set(unix(not_after));
     }
@@ -212,7 +209,10 @@ impl HandshakeFailure {
     /// Classify an I/O error from a handshake (tokio-rustls / pingora wrap rustls errors in
     /// `io::Error`; those are unwrapped first).
     pub fn from_io(err: &io::Error) -> Self {
-        if let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        if let Some(tls) = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
             return Self::from_rustls(tls);
         }
         match err.kind() {
@@ -263,7 +263,10 @@ mod tests {
             "edgepop_cert_live_domains",
             "edgepop_tls_handshake_failures_total",
         ] {
-            assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
         }
         remove_not_after("metrics-unit.test");
     }

@@ -4,6 +4,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -137,6 +138,8 @@ pub struct CertStore {
     state: Mutex<ReloadState>,
     hasher: RandomState,
     pub(crate) wake: Arc<Notify>,
+    /// Completed reloads (for tests of the watcher).
+    pub(crate) reloads: AtomicU64,
 }
 
 impl fmt::Debug for CertStore {
@@ -163,6 +166,7 @@ impl CertStore {
             state: Mutex::new(ReloadState::default()),
             hasher: RandomState::new(),
             wake: Arc::new(Notify::new()),
+            reloads: AtomicU64::new(0),
         })
     }
 
@@ -209,6 +213,7 @@ impl CertStore {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let report = self.reload_locked(&mut state);
         metrics::record_reload(report.is_ok());
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         report
     }
 
@@ -248,7 +253,14 @@ impl CertStore {
             let dir = match dir {
                 Ok(dir) => dir,
                 Err(e) => {
-                    self.fail(state, &domain, Fingerprint::default(), e, prev_live, &mut report);
+                    self.fail(
+                        state,
+                        &domain,
+                        Fingerprint::default(),
+                        e,
+                        prev_live,
+                        &mut report,
+                    );
                     if let Some(p) = prev_live {
                         domains.insert(domain, p.clone());
                     }
@@ -312,7 +324,9 @@ impl CertStore {
                 metrics::remove_not_after(domain);
             }
         }
-        state.failures.retain(|d, _| domains.contains_key(d) || report.failed.iter().any(|(f, _)| f == d));
+        state
+            .failures
+            .retain(|d, _| domains.contains_key(d) || report.failed.iter().any(|(f, _)| f == d));
 
         let snapshot = self.build_snapshot(domains, state, &mut report);
         metrics::record_snapshot(
@@ -322,7 +336,10 @@ impl CertStore {
                 .map(|(d, l)| (d.as_str(), l.summary.not_after)),
             snapshot.domains.len(),
         );
-        debug!(live = snapshot.domains.len(), "certificate snapshot swapped");
+        debug!(
+            live = snapshot.domains.len(),
+            "certificate snapshot swapped"
+        );
         self.snapshot.store(Arc::new(snapshot));
         report
     }
@@ -378,7 +395,9 @@ impl CertStore {
                 HashSet::new()
             };
             for own_names in [true, false] {
-                for (dir, live) in domains.iter().filter(|(_, l)| l.summary.expired == want_expired)
+                for (dir, live) in domains
+                    .iter()
+                    .filter(|(_, l)| l.summary.expired == want_expired)
                 {
                     for name in &live.summary.names {
                         if name_covers(name, dir) != own_names {
@@ -478,12 +497,15 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// One entry of [`scan`]: a domain directory's name and its validation result.
+pub type DomainCheck = (String, Result<CertSummary, CertError>);
+
 /// Every domain directory under `settings.dir` with its validation result, without loading
 /// anything into a store, logging or touching metrics (for `edgepop check`).
 ///
 /// An expired pair is `Ok` with [`CertSummary::expired`] set: the store would still serve it if
 /// nothing valid covers the name. Fails only when the directory itself cannot be listed.
-pub fn scan(settings: &CertSettings) -> Result<Vec<(String, Result<CertSummary, CertError>)>, CertError> {
+pub fn scan(settings: &CertSettings) -> Result<Vec<DomainCheck>, CertError> {
     let hasher = RandomState::new();
     let now = SystemTime::now();
     let listing = load::list_domains(&settings.dir)?;
@@ -523,7 +545,9 @@ mod tests {
 
     use super::*;
     use crate::metrics::HandshakeFailure;
-    use crate::test_util::{TestCa, TestPair, handshake_in_memory, set_mode, write_atomic, write_pair};
+    use crate::test_util::{
+        TestCa, TestPair, handshake_in_memory, set_mode, write_atomic, write_pair,
+    };
     use crate::{TlsPolicy, server_config};
 
     fn settings(dir: &Path) -> CertSettings {
@@ -547,12 +571,17 @@ mod tests {
         match (&hs.client_error, hs.leaf()) {
             (None, Some(leaf)) if hs.is_ok() => Ok(leaf.to_vec()),
             (Some(e), _) => Err(e.clone()),
-            _ => Err(rustls::Error::General(format!("handshake incomplete: {hs:?}"))),
+            _ => Err(rustls::Error::General(format!(
+                "handshake incomplete: {hs:?}"
+            ))),
         }
     }
 
     fn refused(result: Result<Vec<u8>, rustls::Error>) -> bool {
-        matches!(result, Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied)))
+        matches!(
+            result,
+            Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
+        )
     }
 
     #[test]
@@ -572,7 +601,10 @@ mod tests {
 
         assert_eq!(serve(&store, &ca, "a.test").unwrap(), a.cert_der.to_vec());
         assert_eq!(serve(&store, &ca, "b.test").unwrap(), b.cert_der.to_vec());
-        assert_eq!(serve(&store, &ca, "www.b.test").unwrap(), b.cert_der.to_vec());
+        assert_eq!(
+            serve(&store, &ca, "www.b.test").unwrap(),
+            b.cert_der.to_vec()
+        );
         assert_eq!(serve(&store, &ca, "A.TEST").unwrap(), a.cert_der.to_vec());
 
         // Unknown SNI: the server refuses, and the proxy's metric sees "no_certificate".
@@ -586,18 +618,27 @@ mod tests {
             Some(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
         ));
         let server_err = hs.server_error.expect("server error");
-        assert_eq!(HandshakeFailure::from_rustls(&server_err), HandshakeFailure::NoCertificate);
+        assert_eq!(
+            HandshakeFailure::from_rustls(&server_err),
+            HandshakeFailure::NoCertificate
+        );
 
         let summary = store.live_summary("b.test").unwrap();
         assert_eq!(summary.key_algorithm, "rsa-2048");
         assert_eq!(summary.names, ["b.test", "www.b.test"]);
         assert_eq!(summary.chain_len, 2);
         assert!(!summary.key_too_open);
-        assert_eq!(store.live_summary("a.test").unwrap().key_algorithm, "ecdsa-p256");
+        assert_eq!(
+            store.live_summary("a.test").unwrap().key_algorithm,
+            "ecdsa-p256"
+        );
 
         // An unchanged rescan reuses the live pairs.
         let again = store.reload();
-        assert!(again.loaded.is_empty() && again.unchanged.len() == 2, "{again:?}");
+        assert!(
+            again.loaded.is_empty() && again.unchanged.len() == 2,
+            "{again:?}"
+        );
     }
 
     #[test]
@@ -611,8 +652,14 @@ mod tests {
         let store = CertStore::new(settings(tmp.path()));
         assert!(store.reload().is_ok());
 
-        assert_eq!(serve(&store, &ca, "y.b.test").unwrap(), wild.cert_der.to_vec());
-        assert_eq!(serve(&store, &ca, "x.b.test").unwrap(), exact.cert_der.to_vec());
+        assert_eq!(
+            serve(&store, &ca, "y.b.test").unwrap(),
+            wild.cert_der.to_vec()
+        );
+        assert_eq!(
+            serve(&store, &ca, "x.b.test").unwrap(),
+            exact.cert_der.to_vec()
+        );
         assert!(refused(serve(&store, &ca, "b.test")));
         assert!(refused(serve(&store, &ca, "z.y.b.test")));
     }
@@ -658,7 +705,9 @@ mod tests {
         // Unknown SNI: a certificate is served (the default), which this client rejects by name.
         assert!(matches!(
             serve(&store, &ca, "other.test"),
-            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }))
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForNameContext { .. }
+            ))
         ));
         let served = store.resolve_name(Some("other.test")).unwrap();
         assert_eq!(served.cert[0].as_ref(), a.cert_der.as_ref());
@@ -678,7 +727,13 @@ mod tests {
         // Key first (vault-agent's order), then chain.
         write_atomic(&dir.join("key.pem"), new.key_pem.as_bytes()).unwrap();
         let report = store.reload();
-        assert!(matches!(report.kept_previous[..], [(_, CertError::KeyMismatch { .. })]), "{report:?}");
+        assert!(
+            matches!(
+                report.kept_previous[..],
+                [(_, CertError::KeyMismatch { .. })]
+            ),
+            "{report:?}"
+        );
         assert_eq!(serve(&store, &ca, "a.test").unwrap(), old.cert_der.to_vec());
         write_atomic(&dir.join("chain.pem"), new.chain_pem.as_bytes()).unwrap();
         assert_eq!(store.reload().loaded, ["a.test"]);
@@ -691,7 +746,10 @@ mod tests {
         assert_eq!(serve(&store, &ca, "a.test").unwrap(), new.cert_der.to_vec());
         write_atomic(&dir.join("key.pem"), newer.key_pem.as_bytes()).unwrap();
         assert!(store.reload().is_ok());
-        assert_eq!(serve(&store, &ca, "a.test").unwrap(), newer.cert_der.to_vec());
+        assert_eq!(
+            serve(&store, &ca, "a.test").unwrap(),
+            newer.cert_der.to_vec()
+        );
     }
 
     fn put_dir(dir: &Path, domain: &str, pair: &TestPair) -> std::path::PathBuf {
@@ -713,7 +771,11 @@ mod tests {
             ("chain.pem", b"", "no_certificate"),
             ("chain.pem", truncated.as_bytes(), "pem"),
             ("key.pem", b"", "no_key"),
-            ("key.pem", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "unsupported_key"),
+            (
+                "key.pem",
+                b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                "unsupported_key",
+            ),
             ("chain.pem", other.chain_pem.as_bytes(), "name_mismatch"),
         ];
         for (file, bytes, kind) in cases {
@@ -722,8 +784,15 @@ mod tests {
             assert_eq!(report.kept_previous.len(), 1, "{file} {kind}: {report:?}");
             assert_eq!(report.kept_previous[0].1.kind(), kind, "{report:?}");
             let message = report.kept_previous[0].1.to_string();
-            assert!(message.contains(&*dir.join(file).to_string_lossy()), "{message}");
-            assert_eq!(serve(&store, &ca, "a.test").unwrap(), good.cert_der.to_vec(), "{kind}");
+            assert!(
+                message.contains(&*dir.join(file).to_string_lossy()),
+                "{message}"
+            );
+            assert_eq!(
+                serve(&store, &ca, "a.test").unwrap(),
+                good.cert_der.to_vec(),
+                "{kind}"
+            );
             // Same broken file on the next rescan: still kept, logged only once.
             let logged = store.state.lock().unwrap().failures.len();
             assert_eq!(store.reload().kept_previous.len(), 1);
@@ -736,8 +805,14 @@ mod tests {
         // One file removed mid-rotation: keep.
         fs::remove_file(dir.join("key.pem")).unwrap();
         let report = store.reload();
-        assert!(matches!(report.kept_previous[..], [(_, CertError::Missing { .. })]), "{report:?}");
-        assert_eq!(serve(&store, &ca, "a.test").unwrap(), good.cert_der.to_vec());
+        assert!(
+            matches!(report.kept_previous[..], [(_, CertError::Missing { .. })]),
+            "{report:?}"
+        );
+        assert_eq!(
+            serve(&store, &ca, "a.test").unwrap(),
+            good.cert_der.to_vec()
+        );
 
         // Whole directory gone: removed.
         fs::remove_dir_all(&dir).unwrap();
@@ -755,12 +830,25 @@ mod tests {
         write_atomic(&dir.join("chain.pem"), b"junk").unwrap();
         let store = CertStore::new(settings(tmp.path()));
         assert_eq!(store.reload().failed.len(), 1);
-        let first = store.state.lock().unwrap().failures.get("a.test").copied().unwrap();
+        let first = store
+            .state
+            .lock()
+            .unwrap()
+            .failures
+            .get("a.test")
+            .copied()
+            .unwrap();
         store.reload();
-        assert_eq!(store.state.lock().unwrap().failures.get("a.test"), Some(&first));
+        assert_eq!(
+            store.state.lock().unwrap().failures.get("a.test"),
+            Some(&first)
+        );
         write_atomic(&dir.join("chain.pem"), b"other junk").unwrap();
         store.reload();
-        assert_ne!(store.state.lock().unwrap().failures.get("a.test"), Some(&first));
+        assert_ne!(
+            store.state.lock().unwrap().failures.get("a.test"),
+            Some(&first)
+        );
     }
 
     #[test]
@@ -777,7 +865,9 @@ mod tests {
         assert!(store.live_summary("x.b.test").unwrap().expired);
         assert!(matches!(
             serve(&store, &ca, "x.b.test"),
-            Err(rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. }))
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ExpiredContext { .. }
+            ))
         ));
 
         // A valid wildcard covers the name: it wins over the expired exact certificate.
@@ -785,7 +875,10 @@ mod tests {
         put(tmp.path(), "_.b.test", &wild);
         let report = store.reload();
         assert!(report.expired_served.is_empty(), "{report:?}");
-        assert_eq!(serve(&store, &ca, "x.b.test").unwrap(), wild.cert_der.to_vec());
+        assert_eq!(
+            serve(&store, &ca, "x.b.test").unwrap(),
+            wild.cert_der.to_vec()
+        );
 
         // A valid previous pair is not replaced by an expired one.
         let valid = ca.leaf(&["a.test"]);
@@ -793,20 +886,32 @@ mod tests {
         store.reload();
         put(tmp.path(), "a.test", &ca.leaf_expired(&["a.test"]));
         let report = store.reload();
-        assert!(matches!(report.kept_previous[..], [(_, CertError::Expired { .. })]), "{report:?}");
-        assert_eq!(serve(&store, &ca, "a.test").unwrap(), valid.cert_der.to_vec());
+        assert!(
+            matches!(report.kept_previous[..], [(_, CertError::Expired { .. })]),
+            "{report:?}"
+        );
+        assert_eq!(
+            serve(&store, &ca, "a.test").unwrap(),
+            valid.cert_der.to_vec()
+        );
     }
 
     #[test]
     fn not_yet_valid_and_permissions() {
         let tmp = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
-        put(tmp.path(), "future.test", &ca.leaf_not_yet_valid(&["future.test"]));
+        put(
+            tmp.path(),
+            "future.test",
+            &ca.leaf_not_yet_valid(&["future.test"]),
+        );
         let dir = put_dir(tmp.path(), "open.test", &ca.leaf(&["open.test"]));
         set_mode(&dir.join("key.pem"), 0o644).unwrap();
         let store = CertStore::new(settings(tmp.path()));
         let report = store.reload();
-        assert!(matches!(report.failed[..], [(ref d, CertError::NotYetValid { .. })] if d == "future.test"));
+        assert!(
+            matches!(report.failed[..], [(ref d, CertError::NotYetValid { .. })] if d == "future.test")
+        );
         assert!(store.live_summary("open.test").unwrap().key_too_open);
     }
 
@@ -817,14 +922,23 @@ mod tests {
         put(tmp.path(), "a.test", &ca.leaf(&["a.test"]));
         put(tmp.path(), "old.test", &ca.leaf_expired(&["old.test"]));
         let bad = put_dir(tmp.path(), "bad.test", &ca.leaf(&["bad.test"]));
-        write_atomic(&bad.join("key.pem"), ca.leaf(&["bad.test"]).key_pem.as_bytes()).unwrap();
+        write_atomic(
+            &bad.join("key.pem"),
+            ca.leaf(&["bad.test"]).key_pem.as_bytes(),
+        )
+        .unwrap();
         fs::write(tmp.path().join("stray-file"), b"x").unwrap();
         fs::create_dir(tmp.path().join(".hidden")).unwrap();
 
         let results = scan(&settings(tmp.path())).unwrap();
         let names: Vec<&str> = results.iter().map(|(d, _)| d.as_str()).collect();
         assert_eq!(names, ["a.test", "bad.test", "old.test"]);
-        assert!(results[0].1.as_ref().is_ok_and(|s| !s.expired && s.names == ["a.test"]));
+        assert!(
+            results[0]
+                .1
+                .as_ref()
+                .is_ok_and(|s| !s.expired && s.names == ["a.test"])
+        );
         assert!(matches!(results[1].1, Err(CertError::KeyMismatch { .. })));
         assert!(results[2].1.as_ref().is_ok_and(|s| s.expired));
 
@@ -839,7 +953,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
         let certs = tmp.path().join("certs");
-        put(&certs, "metrics.store.test", &ca.leaf(&["metrics.store.test"]));
+        put(
+            &certs,
+            "metrics.store.test",
+            &ca.leaf(&["metrics.store.test"]),
+        );
         let store = CertStore::new(settings(&certs));
         store.reload();
         let gauge = || {
@@ -847,9 +965,11 @@ mod tests {
                 .into_iter()
                 .find(|f| f.name() == "edgepop_cert_not_after_timestamp_seconds")
                 .map(|f| {
-                    f.get_metric()
-                        .iter()
-                        .any(|m| m.get_label().iter().any(|l| l.value() == "metrics.store.test"))
+                    f.get_metric().iter().any(|m| {
+                        m.get_label()
+                            .iter()
+                            .any(|l| l.value() == "metrics.store.test")
+                    })
                 })
                 .unwrap_or(false)
         };

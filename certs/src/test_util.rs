@@ -46,10 +46,7 @@ pub struct TestPair {
 }
 
 fn offset(t: SystemTime) -> OffsetDateTime {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
+    let secs = t.duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
     OffsetDateTime::from_unix_timestamp(i64::try_from(secs).expect("fits")).expect("valid time")
 }
 
@@ -128,7 +125,12 @@ impl TestCa {
     /// An ECDSA P-256 leaf for `names`, valid from yesterday for 30 days.
     pub fn leaf(&self, names: &[&str]) -> TestPair {
         let now = SystemTime::now();
-        self.leaf_with(names, KeyPair::generate().expect("leaf key"), now - DAY, now + 30 * DAY)
+        self.leaf_with(
+            names,
+            KeyPair::generate().expect("leaf key"),
+            now - DAY,
+            now + 30 * DAY,
+        )
     }
 
     /// An RSA-2048 leaf for `names` (always the same fixture key), valid now.
@@ -141,13 +143,23 @@ impl TestCa {
     /// An ECDSA leaf that expired yesterday.
     pub fn leaf_expired(&self, names: &[&str]) -> TestPair {
         let now = SystemTime::now();
-        self.leaf_with(names, KeyPair::generate().expect("leaf key"), now - 30 * DAY, now - DAY)
+        self.leaf_with(
+            names,
+            KeyPair::generate().expect("leaf key"),
+            now - 30 * DAY,
+            now - DAY,
+        )
     }
 
     /// An ECDSA leaf that becomes valid tomorrow.
     pub fn leaf_not_yet_valid(&self, names: &[&str]) -> TestPair {
         let now = SystemTime::now();
-        self.leaf_with(names, KeyPair::generate().expect("leaf key"), now + DAY, now + 30 * DAY)
+        self.leaf_with(
+            names,
+            KeyPair::generate().expect("leaf key"),
+            now + DAY,
+            now + 30 * DAY,
+        )
     }
 
     fn leaf_with(
@@ -294,11 +306,15 @@ pub fn handshake_in_memory(
             let client = &mut hs.client;
             let server = &mut hs.server;
             pump(
-                &mut |b: &mut Vec<u8>| client.wants_write() && client.write_tls(b).is_ok_and(|n| n > 0),
+                &mut |b: &mut Vec<u8>| {
+                    client.wants_write() && client.write_tls(b).is_ok_and(|n| n > 0)
+                },
                 &mut buf,
                 &mut |mut data: &[u8]| {
                     while !data.is_empty() {
-                        server.read_tls(&mut data).map_err(|e| rustls::Error::General(e.to_string()))?;
+                        server
+                            .read_tls(&mut data)
+                            .map_err(|e| rustls::Error::General(e.to_string()))?;
                     }
                     server.process_new_packets().map(|_| ())
                 },
@@ -311,11 +327,15 @@ pub fn handshake_in_memory(
             let client = &mut hs.client;
             let server = &mut hs.server;
             pump(
-                &mut |b: &mut Vec<u8>| server.wants_write() && server.write_tls(b).is_ok_and(|n| n > 0),
+                &mut |b: &mut Vec<u8>| {
+                    server.wants_write() && server.write_tls(b).is_ok_and(|n| n > 0)
+                },
                 &mut buf,
                 &mut |mut data: &[u8]| {
                     while !data.is_empty() {
-                        client.read_tls(&mut data).map_err(|e| rustls::Error::General(e.to_string()))?;
+                        client
+                            .read_tls(&mut data)
+                            .map_err(|e| rustls::Error::General(e.to_string()))?;
                     }
                     client.process_new_packets().map(|_| ())
                 },

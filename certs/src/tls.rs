@@ -80,3 +80,116 @@ pub fn server_config(store: Arc<CertStore>, policy: &TlsPolicy) -> Arc<ServerCon
     };
     Arc::new(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls::{CipherSuite, ProtocolVersion};
+
+    use super::*;
+    use crate::store::CertSettings;
+    use crate::test_util::{TestCa, handshake_in_memory, write_pair};
+
+    const INTERMEDIATE_TLS12: [CipherSuite; 6] = [
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+
+    fn store_with(ca: &TestCa) -> (tempfile::TempDir, Arc<CertStore>) {
+        let tmp = tempfile::tempdir().unwrap();
+        write_pair(
+            tmp.path(),
+            "ec.test",
+            &ca.leaf(&["ec.test"]),
+            "chain.pem",
+            "key.pem",
+        )
+        .unwrap();
+        write_pair(
+            tmp.path(),
+            "rsa.test",
+            &ca.leaf_rsa(&["rsa.test"]),
+            "chain.pem",
+            "key.pem",
+        )
+        .unwrap();
+        let store = CertStore::new(CertSettings {
+            dir: tmp.path().to_path_buf(),
+            ..CertSettings::default()
+        });
+        assert!(store.reload().is_ok());
+        (tmp, store)
+    }
+
+    #[test]
+    fn only_intermediate_suites_and_no_tickets_by_default() {
+        let ca = TestCa::new();
+        let (_tmp, store) = store_with(&ca);
+        let config = server_config(store, &TlsPolicy::default());
+        let suites: Vec<CipherSuite> = config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(suites.len(), 9);
+        for s in &suites {
+            let tls13 = matches!(
+                s,
+                CipherSuite::TLS13_AES_128_GCM_SHA256
+                    | CipherSuite::TLS13_AES_256_GCM_SHA384
+                    | CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+            );
+            assert!(tls13 || INTERMEDIATE_TLS12.contains(s), "{s:?}");
+        }
+        assert!(!config.ticketer.enabled());
+    }
+
+    #[test]
+    fn tls12_handshakes_negotiate_intermediate_suites() {
+        let ca = TestCa::new();
+        let (_tmp, store) = store_with(&ca);
+        let config = server_config(store, &TlsPolicy::default());
+        let tls12 = ca.client_config_with(&[&rustls::version::TLS12]);
+        for (name, want_prefix) in [
+            ("ec.test", "TLS_ECDHE_ECDSA_"),
+            ("rsa.test", "TLS_ECDHE_RSA_"),
+        ] {
+            let hs = handshake_in_memory(config.clone(), tls12.clone(), name);
+            assert!(hs.is_ok(), "{name}: {hs:?}");
+            assert_eq!(hs.client.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+            let suite = hs.client.negotiated_cipher_suite().unwrap().suite();
+            assert!(INTERMEDIATE_TLS12.contains(&suite), "{suite:?}");
+            assert!(format!("{suite:?}").starts_with(want_prefix), "{suite:?}");
+        }
+        // Default client: TLS 1.3 and ALPN h2.
+        let mut h2 = (*ca.client_config()).clone();
+        h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let hs = handshake_in_memory(config, Arc::new(h2), "ec.test");
+        assert!(hs.is_ok(), "{hs:?}");
+        assert_eq!(hs.client.protocol_version(), Some(ProtocolVersion::TLSv1_3));
+        assert_eq!(hs.client.alpn_protocol(), Some(&b"h2"[..]));
+    }
+
+    #[test]
+    fn policy_knobs() {
+        let ca = TestCa::new();
+        let (_tmp, store) = store_with(&ca);
+        let policy = TlsPolicy {
+            session_cache_size: 0,
+            session_tickets: true,
+            alpn_h2: false,
+        };
+        let config = server_config(store, &policy);
+        assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+        assert!(config.ticketer.enabled());
+        let mut h2 = (*ca.client_config()).clone();
+        h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let hs = handshake_in_memory(config, Arc::new(h2), "rsa.test");
+        assert!(hs.is_ok(), "{hs:?}");
+        assert_eq!(hs.client.alpn_protocol(), Some(&b"http/1.1"[..]));
+    }
+}

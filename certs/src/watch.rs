@@ -207,3 +207,154 @@ pub async fn watch(store: Arc<CertStore>, mut shutdown: tokio_watch::Receiver<bo
     }
     debug!("certificate watcher stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::store::CertSettings;
+    use crate::test_util::{TestCa, TestPair, write_atomic, write_pair};
+
+    /// Poll `cond` every 10 ms until it holds or `within` passes.
+    async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if cond() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn serial_is(store: &CertStore, domain: &str, pair: &TestPair) -> bool {
+        store
+            .resolve_name(Some(domain))
+            .is_some_and(|k| k.cert[0].as_ref() == pair.cert_der.as_ref())
+    }
+
+    fn start(
+        dir: &Path,
+    ) -> (
+        Arc<CertStore>,
+        tokio_watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let store = CertStore::new(CertSettings {
+            dir: dir.to_path_buf(),
+            ..CertSettings::default()
+        });
+        let (tx, rx) = tokio_watch::channel(false);
+        let task = tokio::spawn(watch(store.clone(), rx));
+        (store, tx, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_domain_and_rotation_go_live_within_a_second() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let (store, tx, task) = start(tmp.path());
+        assert!(
+            eventually(Duration::from_secs(2), || store
+                .reloads
+                .load(Ordering::Relaxed)
+                > 0)
+            .await
+        );
+
+        let old = ca.leaf(&["a.test"]);
+        let dir = write_pair(tmp.path(), "a.test", &old, "chain.pem", "key.pem").unwrap();
+        assert!(eventually(Duration::from_secs(1), || serial_is(&store, "a.test", &old)).await);
+        // Our own reads (inotify Access events) must not trigger further reloads: measure a
+        // quiet period of a few debounce intervals.
+        let settled = store.reloads.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let extra = store.reloads.load(Ordering::Relaxed) - settled;
+        assert!(extra <= 1, "{extra} reloads without any file change");
+
+        // Half a rotation: the old pair stays, whoever reloads.
+        let new = ca.leaf(&["a.test"]);
+        write_atomic(&dir.join("key.pem"), new.key_pem.as_bytes()).unwrap();
+        let report = tokio::task::block_in_place(|| store.reload());
+        assert_eq!(report.kept_previous.len(), 1, "{report:?}");
+        assert!(serial_is(&store, "a.test", &old));
+        // The second file lands: live within a second, from file events alone.
+        write_atomic(&dir.join("chain.pem"), new.chain_pem.as_bytes()).unwrap();
+        assert!(eventually(Duration::from_secs(1), || serial_is(&store, "a.test", &new)).await);
+
+        // The domain directory disappears.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(eventually(Duration::from_secs(1), || store.is_empty()).await);
+
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn starts_on_a_missing_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let certs = tmp.path().join("vault").join("certs");
+        let (store, tx, task) = start(&certs);
+        assert!(
+            eventually(Duration::from_secs(2), || store
+                .reloads
+                .load(Ordering::Relaxed)
+                > 0)
+            .await
+        );
+        assert!(store.is_empty());
+
+        std::fs::create_dir(tmp.path().join("vault")).unwrap();
+        std::fs::create_dir(&certs).unwrap();
+        let pair = ca.leaf(&["late.test"]);
+        write_pair(&certs, "late.test", &pair, "chain.pem", "key.pem").unwrap();
+        assert!(
+            eventually(Duration::from_secs(3), || serial_is(
+                &store,
+                "late.test",
+                &pair
+            ))
+            .await
+        );
+
+        drop(tx); // a dropped sender also stops the watcher
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_rescan_reloads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, tx, task) = start(tmp.path());
+        assert!(
+            eventually(Duration::from_secs(2), || store
+                .reloads
+                .load(Ordering::Relaxed)
+                > 0)
+            .await
+        );
+        let before = store.reloads.load(Ordering::Relaxed);
+        store.request_rescan();
+        assert!(
+            eventually(Duration::from_secs(1), || store
+                .reloads
+                .load(Ordering::Relaxed)
+                > before)
+            .await
+        );
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -126,10 +126,19 @@ fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
         .append(true)
         .mode(0o640)
         .open(path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("opening access log {}: {e}", path.display())))
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("opening access log {}: {e}", path.display()),
+            )
+        })
 }
 
-fn writer(rx: Receiver<AccessRecord>, out: Box<dyn std::io::Write + Send>, format: AccessLogFormat) {
+fn writer(
+    rx: Receiver<AccessRecord>,
+    out: Box<dyn std::io::Write + Send>,
+    format: AccessLogFormat,
+) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut line = String::with_capacity(512);
     while let Ok(first) = rx.recv() {
@@ -264,7 +273,7 @@ mod tests {
 
     fn record() -> AccessRecord {
         AccessRecord {
-            time: UNIX_EPOCH + Duration::from_secs(1_795_545_433), // 2026-11-25T18:37:13Z
+            time: UNIX_EPOCH + Duration::from_secs(1_795_631_833), // 2026-11-25T18:37:13Z
             client: Some("203.0.113.7".parse().unwrap()),
             method: http::Method::GET,
             target: "/a?b=1".into(),

@@ -119,7 +119,10 @@ fn route(req: &Request<Incoming>, readiness: &Readiness) -> Response<Full<Bytes>
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match readiness.check() {
             Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
         },
         "/metrics" => {
             let encoder = prometheus::TextEncoder::new();
@@ -132,7 +135,10 @@ fn route(req: &Request<Incoming>, readiness: &Readiness) -> Response<Full<Bytes>
                     }
                     r
                 }
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding metrics: {e}\n"),
+                ),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -13,7 +13,11 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_START: u8 = 1;
 
 #[derive(Debug, Parser)]
-#[command(name = "edgepop", version, about = "Edge reverse proxy: TLS, HTTP/2, caching, PROXY protocol, embedded DNS")]
+#[command(
+    name = "edgepop",
+    version,
+    about = "Edge reverse proxy: TLS, HTTP/2, caching, PROXY protocol, embedded DNS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,12 @@ enum Command {
     /// Run in the foreground until SIGTERM/SIGINT (logs on stderr, access log on stdout by default).
     Run {
         /// The configuration file.
-        #[arg(short, long, value_name = "FILE", default_value = "/etc/edgepop/edgepop.toml")]
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/edgepop/edgepop.toml"
+        )]
         config: PathBuf,
         /// Log as JSON lines.
         #[arg(long)]
@@ -33,7 +42,12 @@ enum Command {
     /// Validate a configuration file and the certificates it points at, without serving.
     Check {
         /// The configuration file.
-        #[arg(short, long, value_name = "FILE", default_value = "/etc/edgepop/edgepop.toml")]
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/edgepop/edgepop.toml"
+        )]
         config: PathBuf,
     },
     /// Try edgepop: a self-signed certificate, a built-in origin on loopback and edgepop in front of it.
@@ -65,7 +79,10 @@ pub fn main() -> ExitCode {
             run(config)
         }
         Command::Check { config } => check(&config),
-        Command::Demo { https_port, http_port } => {
+        Command::Demo {
+            https_port,
+            http_port,
+        } => {
             crate::init_tracing(false);
             match crate::demo::prepare(https_port, http_port) {
                 Ok(config) => run(config),

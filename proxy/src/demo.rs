@@ -70,7 +70,9 @@ upstream = "demo"
 }
 
 fn write_certs(dir: &Path) -> Result<PathBuf, BoxError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let domain_dir = dir.join("certs").join("localhost");
     std::fs::create_dir_all(&domain_dir)?;
 
@@ -85,7 +87,8 @@ fn write_certs(dir: &Path) -> Result<PathBuf, BoxError> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let leaf_key = KeyPair::generate()?;
-    let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "localhost");
@@ -94,7 +97,10 @@ fn write_certs(dir: &Path) -> Result<PathBuf, BoxError> {
     let ca_path = dir.join("ca.pem");
     std::fs::write(&ca_path, ca_cert.pem())?;
     write_private(&domain_dir.join("chain.pem"), leaf.pem().as_bytes())?;
-    write_private(&domain_dir.join("key.pem"), leaf_key.serialize_pem().as_bytes())?;
+    write_private(
+        &domain_dir.join("key.pem"),
+        leaf_key.serialize_pem().as_bytes(),
+    )?;
     Ok(ca_path)
 }
 
@@ -111,7 +117,9 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A tiny HTTP/1.1 origin on 127.0.0.1 that echoes the request line and headers, on its own thread.
@@ -119,7 +127,9 @@ fn start_origin() -> Result<SocketAddr, BoxError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::Builder::new()
         .name("demo-origin".into())
         .spawn(move || {
@@ -129,23 +139,27 @@ fn start_origin() -> Result<SocketAddr, BoxError> {
                 };
                 while let Ok((stream, _)) = listener.accept().await {
                     tokio::spawn(async move {
-                        let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                            let mut body = format!(
-                                "hello from the edgepop demo origin\n\n{} {} {:?}\n",
-                                req.method(),
-                                req.uri(),
-                                req.version()
-                            );
-                            for (name, value) in req.headers() {
-                                body.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("<binary>")));
-                            }
-                            let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
-                            resp.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("text/plain; charset=utf-8"),
-                            );
-                            Ok::<_, std::convert::Infallible>(resp)
-                        });
+                        let svc =
+                            service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                                let mut body = format!(
+                                    "hello from the edgepop demo origin\n\n{} {} {:?}\n",
+                                    req.method(),
+                                    req.uri(),
+                                    req.version()
+                                );
+                                for (name, value) in req.headers() {
+                                    body.push_str(&format!(
+                                        "{name}: {}\n",
+                                        value.to_str().unwrap_or("<binary>")
+                                    ));
+                                }
+                                let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                                resp.headers_mut().insert(
+                                    http::header::CONTENT_TYPE,
+                                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                                );
+                                Ok::<_, std::convert::Infallible>(resp)
+                            });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), svc)
                             .await;

@@ -45,8 +45,8 @@ use pingora::services::background::background_service;
 
 pub use cli::main;
 pub use config::{
-    AccessLogConfig, AccessLogFormat, Config, ConfigError, ConfigErrors, Listener, ProxyProtocol, Site,
-    Upstream,
+    AccessLogConfig, AccessLogFormat, Config, ConfigError, ConfigErrors, Listener, ProxyProtocol,
+    Site, Upstream,
 };
 pub use telemetry::{DEFAULT_LOG, init_tracing};
 
@@ -173,7 +173,10 @@ pub fn check_certificates(config: &Config) -> Vec<String> {
                 summary.names.join(", "),
                 httpdate_fmt(summary.not_after)
             )),
-            Err(e) => lines.push(format!("warning: {domain}: no valid pair: {}", error_chain(&e))),
+            Err(e) => lines.push(format!(
+                "warning: {domain}: no valid pair: {}",
+                error_chain(&e)
+            )),
         }
     }
     lines
@@ -214,7 +217,9 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
         }
     }
 
-    let resolver = Arc::new(edgepop_resolver::Resolver::new(resolver_settings(&config)).map_err(Error::Resolver)?);
+    let resolver = Arc::new(
+        edgepop_resolver::Resolver::new(resolver_settings(&config)).map_err(Error::Resolver)?,
+    );
     let state = Arc::new(ArcSwap::from_pointee(state::State::new(&config)));
 
     let mut conf = ServerConf {
@@ -265,10 +270,16 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
         drain: drain.clone(),
     });
     if let Some(admin_socket) = sockets.admin {
-        server.add_service(background_service("admin", admin::Admin::new(admin_socket, readiness)));
+        server.add_service(background_service(
+            "admin",
+            admin::Admin::new(admin_socket, readiness),
+        ));
     }
     if any_tls {
-        server.add_service(background_service("certificate watcher", reload::CertWatcher(certs.clone())));
+        server.add_service(background_service(
+            "certificate watcher",
+            reload::CertWatcher(certs.clone()),
+        ));
     }
     server.add_service(background_service(
         "dns refresher",

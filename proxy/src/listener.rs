@@ -41,7 +41,11 @@ impl Bound {
     /// Binds `config.address` with SO_REUSEADDR and a backlog of 4096, non-blocking for tokio.
     pub(crate) fn bind(config: ListenerConfig) -> std::io::Result<Bound> {
         use socket2::{Domain, Protocol, Socket, Type};
-        let socket = Socket::new(Domain::for_address(config.address), Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(
+            Domain::for_address(config.address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         socket.set_reuse_address(true)?;
         if config.address.is_ipv6() {
             socket.set_only_v6(true)?;
@@ -179,7 +183,11 @@ impl<A: ServerApp + Send + Sync + 'static> pingora::services::Service for Public
                     continue;
                 }
             };
-            let tls = if bound.config.tls { self.tls.clone() } else { None };
+            let tls = if bound.config.tls {
+                self.tls.clone()
+            } else {
+                None
+            };
             let endpoint = Arc::new(Endpoint {
                 config: bound.config,
                 label,
@@ -304,7 +312,8 @@ async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
     let stream: pingora::protocols::Stream = match &endpoint.tls {
         None => Box::new(stream),
         Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await
+            {
                 Ok(Ok(tls)) => {
                     metrics::TLS_HANDSHAKES.inc();
                     Box::new(tls)
@@ -315,7 +324,9 @@ async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
                     return;
                 }
                 Err(_) => {
-                    edgepop_certs::record_handshake_failure(&std::io::Error::from(std::io::ErrorKind::TimedOut));
+                    edgepop_certs::record_handshake_failure(&std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    ));
                     tracing::debug!(listener = %endpoint.label, %client, "TLS handshake timed out");
                     return;
                 }
@@ -334,7 +345,10 @@ fn record_handshake_error(e: &pingora::Error) {
     if let Some(tls) = root.downcast_ref::<rustls::Error>() {
         edgepop_certs::record_tls_error(tls);
     } else if let Some(io) = root.downcast_ref::<std::io::Error>() {
-        match io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        match io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
             Some(tls) => {
                 edgepop_certs::record_tls_error(tls);
             }

@@ -122,7 +122,11 @@ pub(crate) static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
 
 /// `edgepop_build_info{version}`
 pub(crate) static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
-    gauge_vec("edgepop_build_info", "Always 1; labelled with the version.", &["version"])
+    gauge_vec(
+        "edgepop_build_info",
+        "Always 1; labelled with the version.",
+        &["version"],
+    )
 });
 
 /// `edgepop_process_start_time_seconds`
@@ -163,7 +167,9 @@ pub(crate) fn method_class(method: &http::Method) -> &'static str {
 
 /// Sets the static gauges once at start-up.
 pub(crate) fn init() {
-    BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    BUILD_INFO
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -84,7 +84,10 @@ pub(crate) async fn read_header(
 }
 
 /// `Ok(None)`: no header (optional mode). `Ok(Some(None))`: a header without a usable address.
-async fn read(stream: &mut L4Stream, mode: ProxyProtocol) -> Result<Option<Option<SocketAddr>>, Refusal> {
+async fn read(
+    stream: &mut L4Stream,
+    mode: ProxyProtocol,
+) -> Result<Option<Option<SocketAddr>>, Refusal> {
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     loop {
@@ -208,7 +211,10 @@ mod tests {
 
     #[test]
     fn trust_table() {
-        let nets: Vec<IpNet> = vec!["172.16.0.0/16".parse().unwrap(), "fdaa::/16".parse().unwrap()];
+        let nets: Vec<IpNet> = vec![
+            "172.16.0.0/16".parse().unwrap(),
+            "fdaa::/16".parse().unwrap(),
+        ];
         for (ip, want) in [
             ("172.16.3.4", true),
             ("172.17.0.1", false),

@@ -41,7 +41,11 @@ pub(crate) struct Reloader {
 }
 
 impl Reloader {
-    pub(crate) fn new(config: Config, state: Arc<ArcSwap<State>>, certs: Option<Arc<edgepop_certs::CertStore>>) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        state: Arc<ArcSwap<State>>,
+        certs: Option<Arc<edgepop_certs::CertStore>>,
+    ) -> Self {
         Reloader {
             running: std::sync::Mutex::new(config),
             state,

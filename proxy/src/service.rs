@@ -73,7 +73,11 @@ impl ProxyHttp for Edge {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         ctx.start = Instant::now();
         let keepalive = ctx.state.http.keepalive_timeout.as_secs();
         session.set_keepalive(Some(keepalive));
@@ -85,15 +89,18 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(SocketAddr::ip);
-        ctx.tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
 
         let is_h2 = session.is_http2();
         let req = session.req_header();
         // HTTP/1 absolute-form targets ("GET http://other/") are never forwarded: edgepop is not a forward proxy.
-        if !is_h2 && req.uri.authority().is_some() {
-            return respond(session, 400, "absolute-form request targets are not accepted\n").await;
+        if !is_h2 && (req.uri.authority().is_some() || !req.raw_path().starts_with(b"/")) {
+            return respond(
+                session,
+                400,
+                "absolute-form request targets are not accepted\n",
+            )
+            .await;
         }
         let host = if is_h2 {
             req.uri.authority().map(|a| a.host())
@@ -136,13 +143,20 @@ impl ProxyHttp for Edge {
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > ctx.state.http.max_body_size {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body exceeds http.max-body-size");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body exceeds http.max-body-size",
+                );
             }
         }
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(site) = ctx.site() else {
             return Error::e_explain(ErrorType::InternalError, "no site selected");
         };
@@ -158,8 +172,11 @@ impl ProxyHttp for Edge {
                     ctx.upstream_failure = Some(UpstreamFailure::Dns);
                     metrics::UPSTREAM_ERRORS.with_label_values(&["dns"]).inc();
                     tracing::error!(upstream = %upstream.config.name, error = %e, "upstream name resolution failed");
-                    return Err(Error::explain(ErrorType::ConnectProxyFailure, format!("upstream {}: {e}", upstream.config.name))
-                        .into_up());
+                    return Err(Error::explain(
+                        ErrorType::ConnectProxyFailure,
+                        format!("upstream {}: {e}", upstream.config.name),
+                    )
+                    .into_up());
                 }
             },
         };
@@ -181,7 +198,9 @@ impl ProxyHttp for Edge {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let failure = UpstreamFailure::classify(&e);
-        metrics::UPSTREAM_ERRORS.with_label_values(&[failure.as_str()]).inc();
+        metrics::UPSTREAM_ERRORS
+            .with_label_values(&[failure.as_str()])
+            .inc();
         ctx.upstream_failure = Some(failure);
         let others = ctx.addrs.as_ref().map_or(0, |a| a.len());
         let idempotent = session.req_header().method.is_idempotent();
@@ -205,14 +224,18 @@ impl ProxyHttp for Edge {
                 .path_and_query()
                 .map_or("/", |pq| pq.as_str())
                 .to_owned();
-            if let Some(host) = upstream_request.uri.authority().map(|a| a.as_str().to_owned()) {
+            if let Some(host) = upstream_request
+                .uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+            {
                 if !upstream_request.headers.contains_key(header::HOST) {
                     upstream_request.insert_header(header::HOST, host)?;
                 }
             }
-            let uri = pq
-                .parse::<http::Uri>()
-                .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid request path"))?;
+            let uri = pq.parse::<http::Uri>().or_else(|_| {
+                Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid request path")
+            })?;
             upstream_request.set_uri(uri);
         }
         let proto = if ctx.tls { &state::HTTPS } else { &state::HTTP };
@@ -224,7 +247,12 @@ impl ProxyHttp for Edge {
         if let Some(ip) = ctx.client_ip {
             let ip = ip.to_string();
             // Append like nginx's $proxy_add_x_forwarded_for.
-            let xff = match session.req_header().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match session
+                .req_header()
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
                 _ => ip.clone(),
             };
@@ -250,7 +278,12 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -270,7 +303,9 @@ impl ProxyHttp for Edge {
         if e.esource() == &ErrorSource::Upstream {
             if ctx.upstream_failure.is_none() {
                 let failure = UpstreamFailure::classify(e);
-                metrics::UPSTREAM_ERRORS.with_label_values(&[failure.as_str()]).inc();
+                metrics::UPSTREAM_ERRORS
+                    .with_label_values(&[failure.as_str()])
+                    .inc();
                 ctx.upstream_failure = Some(failure);
             }
             let upstream = ctx.site().map_or("-", |s| s.upstream.config.name.as_str());
@@ -300,14 +335,16 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
         let site = ctx.site().map_or("-", |s| &*s.label);
         let elapsed = ctx.start.elapsed();
         metrics::HTTP_REQUESTS
-            .with_label_values(&[site, metrics::method_class(&req.method), metrics::code_class(status)])
+            .with_label_values(&[
+                site,
+                metrics::method_class(&req.method),
+                metrics::code_class(status),
+            ])
             .inc();
         metrics::HTTP_DURATION
             .with_label_values(&[site])

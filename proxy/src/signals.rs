@@ -27,7 +27,9 @@ impl ShutdownSignalWatch for DrainOnSignal {
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
         ) else {
-            tracing::error!("cannot install signal handlers; SIGTERM will kill edgepop without draining");
+            tracing::error!(
+                "cannot install signal handlers; SIGTERM will kill edgepop without draining"
+            );
             return std::future::pending().await;
         };
         let name = tokio::select! {
@@ -47,7 +49,10 @@ impl ShutdownSignalWatch for DrainOnSignal {
         if drained {
             tracing::info!("drained; exiting");
         } else {
-            tracing::warn!(open_connections = self.drain.active(), "drain timeout; closing remaining connections");
+            tracing::warn!(
+                open_connections = self.drain.active(),
+                "drain timeout; closing remaining connections"
+            );
         }
         ShutdownSignal::FastShutdown
     }

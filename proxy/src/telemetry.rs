@@ -4,7 +4,8 @@
 use tracing_subscriber::EnvFilter;
 
 /// Filter used when `RUST_LOG` is unset.
-pub const DEFAULT_LOG: &str = "info,pingora=warn,pingora_core=warn,pingora_proxy=warn,pingora_cache=warn";
+pub const DEFAULT_LOG: &str =
+    "info,pingora=warn,pingora_core=warn,pingora_proxy=warn,pingora_cache=warn";
 
 /// Installs the global subscriber; `json` selects JSON lines. Safe to call more than once (later calls are no-ops).
 pub fn init_tracing(json: bool) {

@@ -42,7 +42,9 @@ impl UpstreamFailure {
             ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
                 UpstreamFailure::Tls
             }
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => UpstreamFailure::Reset,
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                UpstreamFailure::Reset
+            }
             _ => UpstreamFailure::Other,
         }
     }

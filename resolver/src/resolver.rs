@@ -210,7 +210,10 @@ impl Inner {
             return self.cold(None, host).await;
         };
         match entry.classify(now) {
-            Use::Literal => Ok(entry),
+            Use::Literal => {
+                entry.touch(self.now_ms(now));
+                Ok(entry)
+            }
             use_ @ (Use::Fresh | Use::Stale) => {
                 entry.touch(self.now_ms(now));
                 if entry.refresh_due(now) {
@@ -294,15 +297,15 @@ impl Inner {
 
     /// Starts a background lookup for `entry` unless one is running.
     fn trigger(self: &Arc<Self>, entry: &Entry) {
-        if entry
-            .refreshing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        let claimed =
+            entry
+                .refreshing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire);
+        if claimed.is_ok()
+            && let Err(error) = self.start_lookup(&entry.host)
         {
-            if let Err(error) = self.start_lookup(&entry.host) {
-                entry.refreshing.store(false, Ordering::Release);
-                debug!(host = %entry.host, %error, "could not start dns refresh");
-            }
+            entry.refreshing.store(false, Ordering::Release);
+            debug!(host = %entry.host, %error, "could not start dns refresh");
         }
     }
 
@@ -313,10 +316,11 @@ impl Inner {
         host: &Arc<str>,
     ) -> Result<watch::Receiver<Option<Outcome>>, ResolveError> {
         let mut inflight = lock(&self.inflight);
-        if let Some(rx) = inflight.get(host) {
-            if rx.has_changed().is_ok() {
-                return Ok(rx.clone());
-            }
+        // A closed channel is a lookup task that was cancelled before cleaning up: replace it.
+        if let Some(rx) = inflight.get(host)
+            && rx.has_changed().is_ok()
+        {
+            return Ok(rx.clone());
         }
         let runtime = Handle::try_current().map_err(|_| ResolveError::Failed {
             host: host.clone(),

@@ -50,8 +50,9 @@ pub struct ResolverSettings {
     /// (RFC 8767 serve-stale; default 1 day). Zero disables serve-stale.
     pub serve_stale: Duration,
     /// Fraction of the TTL that is left when a name is re-queried in the background
-    /// (default 0.2: a 60 s answer is refreshed after 48 s). Must be in `0.0..1.0`; 0 refreshes
+    /// (default 0.2: a 60 s answer is refreshed after 48 s). Must be in `0.0..=0.9`; 0 refreshes
     /// only at expiry, which lets requests briefly see the old answer served as stale.
+    /// At most 0.9, so a short TTL does not turn into continuous re-querying.
     pub refresh_ahead: f32,
 }
 
@@ -84,8 +85,8 @@ impl ResolverSettings {
         if self.min_ttl > self.max_ttl {
             return invalid("min_ttl", "must not be greater than max_ttl");
         }
-        if !(0.0..1.0).contains(&self.refresh_ahead) {
-            return invalid("refresh_ahead", "must be in 0.0..1.0");
+        if !(0.0..=0.9).contains(&self.refresh_ahead) {
+            return invalid("refresh_ahead", "must be between 0.0 and 0.9");
         }
         Ok(())
     }

@@ -53,7 +53,7 @@ async fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> 
 fn metric(name: &str, selector: &str) -> f64 {
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&prometheus::gather())
-        .unwrap();
+        .expect("metrics encode as text");
     text.lines()
         .filter(|l| !l.starts_with('#') && l.starts_with(name) && l.contains(selector))
         .filter(|l| l[name.len()..].starts_with(['{', ' ']))
@@ -180,21 +180,32 @@ async fn all_records_are_returned() {
 #[tokio::test]
 async fn refresher_follows_a_changed_record_without_request_lookups() {
     let dns = TestDns::start().await.unwrap();
-    dns.set_a("moving.test.", &[ORIGIN_V4], 1);
-    let resolver = Resolver::new(dns.settings()).unwrap();
+    dns.set_a("moving.test.", &[ORIGIN_V4], 2);
+    let settings = ResolverSettings {
+        refresh_ahead: 0.5,
+        ..dns.settings()
+    };
+    let resolver = Resolver::new(settings).unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
     let refresher = resolver.spawn_refresher(stop_rx);
 
     let first = resolver.resolve("moving.test.", 443).await.unwrap();
+    let answered_at = Instant::now();
     assert_eq!(&first[..], &addrs(&[ORIGIN_V4.into()], 443)[..]);
     assert_eq!(dns.queries("moving.test."), 1);
-    dns.set_a("moving.test.", &[OTHER_V4], 1);
+    dns.set_a("moving.test.", &[OTHER_V4], 2);
 
-    // No resolve() runs while we wait: only the refresher can query.
+    // No resolve() runs while we wait: only the refresher can query. With half of the 2 s TTL
+    // left it re-queries the server (not a cache in between), ahead of expiry.
     eventually(Duration::from_secs(3), "a background refresh", || {
         (dns.queries("moving.test.") >= 2).then_some(())
     })
     .await;
+    let refreshed_after = answered_at.elapsed();
+    assert!(
+        refreshed_after < Duration::from_secs(2),
+        "refreshed after {refreshed_after:?}, not ahead of the TTL"
+    );
     // The refresh lands in the table; every resolve meanwhile is answered without waiting.
     let new = eventually(Duration::from_secs(2), "the new address", || {
         let got = resolve_now(&resolver, "moving.test.", 443).unwrap();
@@ -202,6 +213,7 @@ async fn refresher_follows_a_changed_record_without_request_lookups() {
     })
     .await;
     assert_eq!(&new[..], &addrs(&[OTHER_V4.into()], 443)[..]);
+    assert_eq!(dns.queries("moving.test."), 2, "resolve() did not query");
 
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(2), refresher)
@@ -351,7 +363,7 @@ async fn unknown_names_are_not_found_and_cached() {
     // The SOA says 1 s (less than negative_ttl = 30 s): the name is asked again after that, and
     // the new record is found.
     dns.set_a("missing.test.", &[ORIGIN_V4], 60);
-    let got = eventually(
+    eventually(
         Duration::from_secs(3),
         "the negative entry to expire",
         || {
@@ -364,7 +376,6 @@ async fn unknown_names_are_not_found_and_cached() {
         },
     )
     .await;
-    let _ = got;
     assert_eq!(
         &resolver.resolve("missing.test.", 443).await.unwrap()[..],
         &addrs(&[ORIGIN_V4.into()], 443)[..]
@@ -451,15 +462,20 @@ async fn concurrent_cold_lookups_share_one_query() {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let resolver = resolver.clone();
-            tokio::spawn(async move { resolver.resolve("busy.test.", 443).await })
+            tokio::spawn(async move { resolver.resolve_ips("busy.test.").await })
         })
         .collect();
+    let mut answers = Vec::new();
     for task in tasks {
-        assert_eq!(
-            &task.await.unwrap().unwrap()[..],
-            &addrs(&[ORIGIN_V4.into()], 443)[..]
-        );
+        answers.push(task.await.unwrap().unwrap());
     }
+    assert_eq!(&answers[0][..], &[IpAddr::from(ORIGIN_V4)]);
+    // One lookup task answered everyone (hickory also merges identical in-flight queries on the
+    // wire, so the query count alone would not show it).
+    assert!(
+        answers.iter().all(|a| Arc::ptr_eq(a, &answers[0])),
+        "one shared answer"
+    );
     assert_eq!(dns.queries("busy.test."), 1);
 }
 

@@ -1,1 +1,4 @@
-fn main() {}
+//! edgepop's end-to-end tests: one binary (`cargo test -p edgepop-tests`), each module one area.
+
+mod deploy; // deploy/ files agree with deploy/edgepop.toml
+mod proxy; // listeners, TLS, forwarding, errors, WebSocket

@@ -182,7 +182,10 @@ impl Edgepop {
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.admin_get("/metrics").await;
         body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
     }
@@ -213,7 +216,10 @@ impl EdgepopBuilder {
             text = text.replace(&format!("{{{k}}}"), &format!("127.0.0.1:{port}"));
         }
         if !text.contains("[admin]") {
-            text = format!("[admin]\naddress = \"127.0.0.1:{}\"\n{text}", ports["admin"]);
+            text = format!(
+                "[admin]\naddress = \"127.0.0.1:{}\"\n{text}",
+                ports["admin"]
+            );
         }
         let config_path = self.dir.path().join("edgepop.toml");
         std::fs::write(&config_path, &text).unwrap();
@@ -243,7 +249,11 @@ impl EdgepopBuilder {
             stderr,
             stdout,
         };
-        let path = if self.wait_ready { "/readyz" } else { "/healthz" };
+        let path = if self.wait_ready {
+            "/readyz"
+        } else {
+            "/healthz"
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = ep.child.as_mut().unwrap().try_wait().unwrap() {
@@ -259,7 +269,11 @@ impl EdgepopBuilder {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "edgepop not up after 30 s; stderr:\n{}", ep.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "edgepop not up after 30 s; stderr:\n{}",
+                ep.stderr()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         // The admin listener can come up a moment before the public ones accept.
@@ -401,7 +415,12 @@ impl Origin {
 
     /// The last request received.
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("origin saw no request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("origin saw no request")
     }
 
     /// Adds a header to every response.
@@ -414,7 +433,10 @@ impl Origin {
         *self.body.lock().unwrap() = body.into();
     }
 
-    async fn handle(&self, mut req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Full<Bytes>> {
+    async fn handle(
+        &self,
+        mut req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<Full<Bytes>> {
         self.hits.fetch_add(1, Ordering::SeqCst);
         let mut headers: HashMap<String, String> = HashMap::new();
         for (k, v) in req.headers() {
@@ -455,7 +477,10 @@ impl Origin {
         });
 
         let mut status = 200u16;
-        if let Some(ms) = query.strip_prefix("ms=").and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(ms) = query
+            .strip_prefix("ms=")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             if path == "/slow" {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
@@ -486,14 +511,20 @@ fn websocket_echo(req: &mut hyper::Request<hyper::body::Incoming>) -> hyper::Res
     use tokio_tungstenite::tungstenite::protocol::{Message, Role};
 
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-        let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"not a websocket request\n")));
+        let mut r =
+            hyper::Response::new(Full::new(Bytes::from_static(b"not a websocket request\n")));
         *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
         return r;
     };
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
         while let Some(Ok(msg)) = ws.next().await {
             match msg {
                 Message::Text(t) => {
@@ -511,7 +542,10 @@ fn websocket_echo(req: &mut hyper::Request<hyper::body::Incoming>) -> hyper::Res
     let h = r.headers_mut();
     h.insert("connection", "upgrade".parse().unwrap());
     h.insert("upgrade", "websocket".parse().unwrap());
-    h.insert("sec-websocket-accept", derive_accept_key(key.as_bytes()).parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()).parse().unwrap(),
+    );
     r
 }
 
@@ -547,7 +581,10 @@ impl Resp {
 #[derive(Clone)]
 enum Mode {
     Plain,
-    Tls { config: Arc<rustls::ClientConfig>, h2: bool },
+    Tls {
+        config: Arc<rustls::ClientConfig>,
+        h2: bool,
+    },
 }
 
 /// A one-connection-per-request HTTP client: plain, or TLS with SNI and HTTP/1.1 or HTTP/2.
@@ -594,7 +631,9 @@ impl Client {
 
     /// GET `path` with Host/SNI `host`; panics on transport errors.
     pub async fn get(&self, host: &str, path: &str) -> Resp {
-        self.try_get(host, path).await.unwrap_or_else(|e| panic!("GET {host}{path} via {}: {e}", self.addr))
+        self.try_get(host, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {host}{path} via {}: {e}", self.addr))
     }
 
     /// GET, returning transport errors.
@@ -603,18 +642,35 @@ impl Client {
     }
 
     /// Any method with a body.
-    pub async fn request(&self, method: &str, host: &str, path: &str, body: Bytes) -> Result<Resp, String> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+    pub async fn request(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Resp, String> {
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
         match &self.mode {
-            Mode::Plain => self.send_h1(TokioIo::new(tcp), method, host, path, body, false).await,
+            Mode::Plain => {
+                self.send_h1(TokioIo::new(tcp), method, host, path, body, false)
+                    .await
+            }
             Mode::Tls { config, h2 } => {
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
-                let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
-                let tls = connector.connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
+                let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| e.to_string())?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("tls: {e}"))?;
                 if *h2 {
-                    self.send_h2(TokioIo::new(tls), method, host, path, body).await
+                    self.send_h2(TokioIo::new(tls), method, host, path, body)
+                        .await
                 } else {
-                    self.send_h1(TokioIo::new(tls), method, host, path, body, true).await
+                    self.send_h1(TokioIo::new(tls), method, host, path, body, true)
+                        .await
                 }
             }
         }
@@ -625,10 +681,16 @@ impl Client {
         let Mode::Tls { config, .. } = &self.mode else {
             return Err("not a TLS client".into());
         };
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
         let connector = tokio_rustls::TlsConnector::from(config.clone());
-        let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
-        let tls = connector.connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
+        let name =
+            rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
         let (_, conn) = tls.get_ref();
         conn.peer_certificates()
             .and_then(|c| c.first())
@@ -636,7 +698,13 @@ impl Client {
             .ok_or_else(|| "no certificate".into())
     }
 
-    fn build(&self, method: &str, uri: &str, host: Option<&str>, body: Bytes) -> hyper::Request<Full<Bytes>> {
+    fn build(
+        &self,
+        method: &str,
+        uri: &str,
+        host: Option<&str>,
+        body: Bytes,
+    ) -> hyper::Request<Full<Bytes>> {
         let mut b = hyper::Request::builder().method(method).uri(uri);
         if let Some(host) = host {
             b = b.header("host", host);
@@ -647,18 +715,35 @@ impl Client {
         b.body(Full::new(body)).unwrap()
     }
 
-    async fn send_h1<T>(&self, io: TokioIo<T>, method: &str, host: &str, path: &str, body: Bytes, _tls: bool) -> Result<Resp, String>
+    async fn send_h1<T>(
+        &self,
+        io: TokioIo<T>,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: Bytes,
+        _tls: bool,
+    ) -> Result<Resp, String>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let req = self.build(method, path, Some(host), body);
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         collect(resp).await
     }
 
-    async fn send_h2<T>(&self, io: TokioIo<T>, method: &str, host: &str, path: &str, body: Bytes) -> Result<Resp, String>
+    async fn send_h2<T>(
+        &self,
+        io: TokioIo<T>,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Resp, String>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -693,7 +778,10 @@ async fn collect(resp: hyper::Response<hyper::body::Incoming>) -> Result<Resp, S
 
 /// Whether `curl` is installed (tests that use it skip visibly otherwise).
 pub fn have_curl() -> bool {
-    Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Runs curl with `args`, returning (exit code, stdout, stderr).
@@ -719,6 +807,9 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> 
 /// Reads a file written by another process (e.g. a PEM) into a string.
 pub fn read_to_string(path: &Path) -> String {
     let mut s = String::new();
-    std::fs::File::open(path).unwrap().read_to_string(&mut s).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
     s
 }

@@ -277,13 +277,12 @@ impl DiskTier {
         if current != identity {
             return; // replaced by a newer write
         }
-        if current.is_some() {
-            if let Err(e) = fs::remove_file(path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    METRICS.disk_write_errors.inc();
-                    warn!(path = %path.display(), error = %e, "removing cache entry failed");
-                }
-            }
+        if current.is_some()
+            && let Err(e) = fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            METRICS.disk_write_errors.inc();
+            warn!(path = %path.display(), error = %e, "removing cache entry failed");
         }
         idx.remove(hash, None);
         self.publish(&idx);

@@ -259,9 +259,7 @@ impl Config {
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(e) => {
-                let (line, column) = e
-                    .span()
-                    .map_or((1, 1), |span| line_col(text, span.start));
+                let (line, column) = e.span().map_or((1, 1), |span| line_col(text, span.start));
                 let message = e.message().trim_end().to_owned();
                 return Err(ConfigErrors(vec![ConfigError {
                     file: path.to_owned(),
@@ -338,10 +336,6 @@ impl Validator<'_> {
         }
     }
 
-    fn opt_duration(&mut self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
-        value.as_ref().map_or(default, |v| self.duration(v, key))
-    }
-
     fn size(&mut self, value: &Spanned<RawSize>, key: &str) -> u64 {
         match value.get_ref() {
             RawSize::Bytes(b) => *b,
@@ -351,7 +345,9 @@ impl Validator<'_> {
                     self.error(
                         value.span(),
                         key,
-                        format!("invalid size {t:?} ({e}); use e.g. \"10MiB\", \"512KiB\", 1048576"),
+                        format!(
+                            "invalid size {t:?} ({e}); use e.g. \"10MiB\", \"512KiB\", 1048576"
+                        ),
                     );
                     0
                 }
@@ -371,7 +367,11 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let threads = *raw.server.threads.get_ref();
         if threads == 0 || threads > 256 {
-            self.error(raw.server.threads.span(), "server.threads", "must be between 1 and 256");
+            self.error(
+                raw.server.threads.span(),
+                "server.threads",
+                "must be between 1 and 256",
+            );
         }
         let drain_timeout = self.duration(&raw.server.drain_timeout, "server.drain-timeout");
 
@@ -395,7 +395,9 @@ impl Validator<'_> {
                 self.error(
                     raw.admin.address.as_ref().map_or(0..0, Spanned::span),
                     "admin.address",
-                    format!("{admin} is also a public listener; the admin listener must be separate"),
+                    format!(
+                        "{admin} is also a public listener; the admin listener must be separate"
+                    ),
                 );
             }
         }
@@ -440,7 +442,8 @@ impl Validator<'_> {
         let mut out: Vec<Listener> = Vec::new();
         for (i, l) in raw.iter().enumerate() {
             let key = format!("listener[{i}]");
-            let Some(address) = self.socket_addr(&l.get_ref().address, &format!("{key}.address")) else {
+            let Some(address) = self.socket_addr(&l.get_ref().address, &format!("{key}.address"))
+            else {
                 continue;
             };
             let l_ref = l.get_ref();
@@ -496,7 +499,11 @@ impl Validator<'_> {
             let max_connections = match &l_ref.max_connections {
                 None => 4096,
                 Some(m) if *m.get_ref() == 0 => {
-                    self.error(m.span(), format!("{key}.max-connections"), "must be at least 1");
+                    self.error(
+                        m.span(),
+                        format!("{key}.max-connections"),
+                        "must be at least 1",
+                    );
                     1
                 }
                 Some(m) => *m.get_ref(),
@@ -513,12 +520,18 @@ impl Validator<'_> {
     }
 
     fn tls(&mut self, raw: &raw::RawTls) -> TlsConfig {
-        for (name, key) in [(&raw.chain_file, "tls.chain-file"), (&raw.key_file, "tls.key-file")] {
+        for (name, key) in [
+            (&raw.chain_file, "tls.chain-file"),
+            (&raw.key_file, "tls.key-file"),
+        ] {
             if name.is_empty() || name.contains('/') {
                 self.error(0..0, key, format!("{name:?} must be a plain file name"));
             }
         }
-        let default_cert = raw.default_cert.as_ref().map(|d| d.get_ref().trim().to_ascii_lowercase());
+        let default_cert = raw
+            .default_cert
+            .as_ref()
+            .map(|d| d.get_ref().trim().to_ascii_lowercase());
         TlsConfig {
             certs_dir: self.path(raw.certs_dir.get_ref()),
             chain_file: raw.chain_file.clone(),
@@ -535,10 +548,11 @@ impl Validator<'_> {
         let mut nameservers = Vec::new();
         for (i, ns) in raw.nameservers.iter().enumerate() {
             let text = ns.get_ref().trim();
-            let parsed = text
-                .parse::<SocketAddr>()
-                .ok()
-                .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
             match parsed {
                 Some(a) => nameservers.push(a),
                 None => self.error(
@@ -566,7 +580,11 @@ impl Validator<'_> {
         let min_ttl = self.duration(&raw.min_ttl, "dns.min-ttl");
         let max_ttl = self.duration(&raw.max_ttl, "dns.max-ttl");
         if min_ttl > max_ttl {
-            self.error(raw.min_ttl.span(), "dns.min-ttl", "is larger than dns.max-ttl");
+            self.error(
+                raw.min_ttl.span(),
+                "dns.min-ttl",
+                "is larger than dns.max-ttl",
+            );
         }
         let timeout = self.duration(&raw.timeout, "dns.timeout");
         if timeout.is_zero() {
@@ -585,7 +603,11 @@ impl Validator<'_> {
     fn http(&mut self, raw: &raw::RawHttp) -> HttpConfig {
         let status = *raw.unknown_host_status.get_ref();
         if status != 421 && status != 404 {
-            self.error(raw.unknown_host_status.span(), "http.unknown-host-status", "must be 421 or 404");
+            self.error(
+                raw.unknown_host_status.span(),
+                "http.unknown-host-status",
+                "must be 421 or 404",
+            );
         }
         HttpConfig {
             max_body_size: self.size(&raw.max_body_size, "http.max-body-size"),
@@ -616,7 +638,10 @@ impl Validator<'_> {
         AccessLogConfig { format, path }
     }
 
-    fn upstreams(&mut self, raw: &BTreeMap<String, Spanned<raw::RawUpstream>>) -> BTreeMap<String, Arc<Upstream>> {
+    fn upstreams(
+        &mut self,
+        raw: &BTreeMap<String, Spanned<raw::RawUpstream>>,
+    ) -> BTreeMap<String, Arc<Upstream>> {
         let three = Duration::from_secs(3);
         let mut out = BTreeMap::new();
         for (name, up) in raw {
@@ -624,7 +649,11 @@ impl Validator<'_> {
             let up_ref = up.get_ref();
             let mut servers = Vec::new();
             if up_ref.servers.get_ref().is_empty() {
-                self.error(up_ref.servers.span(), format!("{key}.servers"), "needs at least one host:port");
+                self.error(
+                    up_ref.servers.span(),
+                    format!("{key}.servers"),
+                    "needs at least one host:port",
+                );
             }
             for (i, s) in up_ref.servers.get_ref().iter().enumerate() {
                 match parse_server(s.get_ref()) {
@@ -632,33 +661,38 @@ impl Validator<'_> {
                     Err(msg) => self.error(s.span(), format!("{key}.servers[{i}]"), msg),
                 }
             }
+            let mut timeout =
+                |v: &Option<Spanned<String>>, k: &str, default: Duration| -> Duration {
+                    let Some(v) = v else { return default };
+                    let before = self.errors.len();
+                    let d = self.duration(v, &format!("{key}.{k}"));
+                    if d.is_zero() && self.errors.len() == before {
+                        self.error(v.span(), format!("{key}.{k}"), "must be more than zero");
+                    }
+                    d
+                };
             let upstream = Upstream {
                 name: name.clone(),
                 servers,
-                connect_timeout: self.opt_duration(&up_ref.connect_timeout, &format!("{key}.connect-timeout"), three),
-                read_timeout: self.opt_duration(&up_ref.read_timeout, &format!("{key}.read-timeout"), three),
-                send_timeout: self.opt_duration(&up_ref.send_timeout, &format!("{key}.send-timeout"), three),
-                keepalive_timeout: self.opt_duration(
+                connect_timeout: timeout(&up_ref.connect_timeout, "connect-timeout", three),
+                read_timeout: timeout(&up_ref.read_timeout, "read-timeout", three),
+                send_timeout: timeout(&up_ref.send_timeout, "send-timeout", three),
+                keepalive_timeout: timeout(
                     &up_ref.keepalive_timeout,
-                    &format!("{key}.keepalive-timeout"),
+                    "keepalive-timeout",
                     Duration::from_secs(60),
                 ),
             };
-            for (d, k) in [
-                (upstream.connect_timeout, "connect-timeout"),
-                (upstream.read_timeout, "read-timeout"),
-                (upstream.send_timeout, "send-timeout"),
-            ] {
-                if d.is_zero() {
-                    self.error(up.span(), format!("{key}.{k}"), "must be more than zero");
-                }
-            }
             out.insert(name.clone(), Arc::new(upstream));
         }
         out
     }
 
-    fn sites(&mut self, raw: &[Spanned<raw::RawSite>], upstreams: &BTreeMap<String, Arc<Upstream>>) -> Vec<Site> {
+    fn sites(
+        &mut self,
+        raw: &[Spanned<raw::RawSite>],
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+    ) -> Vec<Site> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
         for (i, site) in raw.iter().enumerate() {
@@ -672,16 +706,28 @@ impl Validator<'_> {
                     format!(
                         "no [upstream.{}] is defined (defined: {})",
                         s.upstream.get_ref(),
-                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 );
             }
             if s.names.get_ref().is_empty() {
-                self.error(s.names.span(), format!("{key}.names"), "needs at least one host name");
+                self.error(
+                    s.names.span(),
+                    format!("{key}.names"),
+                    "needs at least one host name",
+                );
             }
             let mut names = Vec::new();
             for (j, n) in s.names.get_ref().iter().enumerate() {
-                let name = n.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+                let name = n
+                    .get_ref()
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
                 if let Err(msg) = check_host_pattern(&name) {
                     self.error(n.span(), format!("{key}.names[{j}]"), msg);
                     continue;
@@ -715,7 +761,9 @@ fn parse_server(text: &str) -> Result<ServerAddr, String> {
         });
     }
     let Some((host, port)) = text.rsplit_once(':') else {
-        return Err(format!("{text:?} has no port; expected host:port such as \"origin.example.ts.net:8080\""));
+        return Err(format!(
+            "{text:?} has no port; expected host:port such as \"origin.example.ts.net:8080\""
+        ));
     };
     let port: u16 = port
         .parse()
@@ -725,13 +773,19 @@ fn parse_server(text: &str) -> Result<ServerAddr, String> {
     }
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
-        return Err(format!("invalid address {text:?}; write IPv6 as [addr]:port"));
+        return Err(format!(
+            "invalid address {text:?}; write IPv6 as [addr]:port"
+        ));
     }
     check_host_pattern(&host)?;
     if host.starts_with('*') {
         return Err(format!("{host:?}: an upstream host cannot be a wildcard"));
     }
-    Ok(ServerAddr { host, port, ip: None })
+    Ok(ServerAddr {
+        host,
+        port,
+        ip: None,
+    })
 }
 
 /// Checks a DNS name or a one-label wildcard (`*.example.com`).
@@ -743,7 +797,9 @@ fn check_host_pattern(name: &str) -> Result<(), String> {
     for label in bare.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
