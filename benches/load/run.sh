@@ -28,6 +28,7 @@ REPEAT=1
 BUILD=1
 INSTALL=1
 KEEP=0
+WAIT_QUIET=0
 NGINX_DNS=static
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
@@ -50,6 +51,7 @@ usage: $0 [options]
   --no-build           use the existing $EDGEPOP_BIN
   --no-install         never call apt-get
   --keep               keep the run directory (configs, logs, raw tool output)
+  --wait-quiet S       before measuring, wait up to S seconds for every CPU to be under 10% busy (shared machines)
 environment: PROXY_CPU (default 1), LOAD_CPU (default 0), BASE_PORT (default 18000), EDGEPOP_BIN
 EOF
 }
@@ -68,6 +70,7 @@ while [[ $# -gt 0 ]]; do
         --no-build) BUILD=0 ;;
         --no-install) INSTALL=0 ;;
         --keep) KEEP=1 ;;
+        --wait-quiet) WAIT_QUIET=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 64 ;;
     esac
@@ -78,8 +81,9 @@ for s in ${ONLY//,/ }; do
 done
 [[ $NGINX_DNS == static || $NGINX_DNS == runtime ]] || { echo "--nginx-dns must be static or runtime" >&2; exit 64; }
 for n in "$DUR" "$HS_DUR" "$CONNS" "$REPEAT"; do
-    [[ $n =~ ^[0-9]+$ && $n -ge 1 && $n -le 600 ]] || { echo "durations, counts must be 1..600: $n" >&2; exit 64; }
+    [[ $n =~ ^[0-9]+$ && $n -ge 1 && $n -le 600 ]] || { echo "durations and counts must be 1..600: $n" >&2; exit 64; }
 done
+[[ $WAIT_QUIET =~ ^[0-9]+$ && $WAIT_QUIET -le 3600 ]] || { echo "--wait-quiet must be 0..3600" >&2; exit 64; }
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 ORIGIN_PORT=$((BASE_PORT + 80))
@@ -315,15 +319,13 @@ run_load() {
     fi
 }
 
-wrk_args() { echo "-t1 -c$CONNS -d${DUR}s --latency -H Host:bench.test"; }
-
 # probe_side: which features this side really has (cache, gzip, h2), checked against the origin's counter.
 probe_side() {
     local base="http://127.0.0.1:$HTTP_PORT" before after urls=() i enc size ver
-    curl -s -o /dev/null -H 'Host: bench.test' "$base/small" "$base/small" "$base/big.html" || true
+    curl -s -H 'Host: bench.test' "$base/small" "$base/small" "$base/big.html" >/dev/null || true
     for ((i = 0; i < 20; i++)); do urls+=("$base/small"); done
     before=$(origin_requests)
-    curl -s -o /dev/null -H 'Host: bench.test' "${urls[@]}" || true
+    curl -s -H 'Host: bench.test' "${urls[@]}" >/dev/null || true
     after=$(origin_requests)
     local fetched=$((after - before - 1))
     if ((fetched <= 1)); then
@@ -362,7 +364,8 @@ start_side() {
         SIDE_ROOTS=("$PROXY_PID" "$UNBOUND_PID")
     fi
     wait_http "$SIDE-$kind-r$ROUND" "$PROXY_PID" "http://127.0.0.1:$HTTP_PORT/nostore" -H 'Host: bench.test'
-    wait_http "$SIDE-$kind-r$ROUND" "$PROXY_PID" "https://127.0.0.1:$HTTPS_PORT/nostore" -k -H 'Host: bench.test'
+    wait_http "$SIDE-$kind-r$ROUND" "$PROXY_PID" "https://bench.test:$HTTPS_PORT/nostore" -k \
+        --connect-to "bench.test:$HTTPS_PORT:127.0.0.1:$HTTPS_PORT"
     log "$SIDE ($kind) up: pid $PROXY_PID, processes $(side_pids)"
 }
 
@@ -374,11 +377,12 @@ run_side() {
     sleep 1
     record_mem idle "$(tools mem $(side_pids))"
     # Warm-up, not recorded: connection pools, allocator, page cache.
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -H 'Host: bench.test' "http://127.0.0.1:$HTTP_PORT/nostore" >/dev/null 2>&1 || true
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -s "$HERE/connect-to.lua" "http://bench.test:$HTTP_PORT/nostore" >/dev/null 2>&1 || true
 
-    local http="http://127.0.0.1:$HTTP_PORT" https="https://127.0.0.1:$HTTPS_PORT"
-    # shellcheck disable=SC2046
-    if want passthrough; then run_load passthrough wrk "" "$LOAD_CPU" -- $(wrk_args) "$http/nostore"; fi
+    # URLs name bench.test (the Host header and the SNI wrk sends); connect-to.lua makes wrk connect to 127.0.0.1.
+    local http="http://bench.test:$HTTP_PORT" https="https://bench.test:$HTTPS_PORT"
+    local wrk_args=(-t1 -c"$CONNS" -d"${DUR}s" --latency -s "$HERE/connect-to.lua")
+    if want passthrough; then run_load passthrough wrk "" "$LOAD_CPU" -- "${wrk_args[@]}" "$http/nostore"; fi
     local sampler_pid="" stop="$RUN_DIR/sampler-$SIDE-r$ROUND.stop" peak="$RUN_DIR/sampler-$SIDE-r$ROUND.json"
     if want cache-small || want cache-gzip; then
         # shellcheck disable=SC2046
@@ -386,11 +390,9 @@ run_side() {
             --max-seconds $((2 * DUR + 30)) $(side_pids)
         sampler_pid=$LAST_PID
     fi
-    # shellcheck disable=SC2046
-    if want cache-small; then run_load cache-small wrk "$CACHE_NOTE" "$LOAD_CPU" -- $(wrk_args) "$http/small"; fi
-    # shellcheck disable=SC2046
+    if want cache-small; then run_load cache-small wrk "$CACHE_NOTE" "$LOAD_CPU" -- "${wrk_args[@]}" "$http/small"; fi
     if want cache-gzip; then
-        run_load cache-gzip wrk "$(echo "$CACHE_NOTE${CACHE_NOTE:+; }$GZIP_NOTE")" "$LOAD_CPU" -- $(wrk_args) \
+        run_load cache-gzip wrk "$(echo "$CACHE_NOTE${CACHE_NOTE:+; }$GZIP_NOTE")" "$LOAD_CPU" -- "${wrk_args[@]}" \
             -H 'Accept-Encoding: gzip' "$http/big.html"
     fi
     if [[ -n $sampler_pid ]]; then
@@ -400,15 +402,14 @@ run_side() {
         stop_pid "$sampler_pid"
         [[ -s $peak ]] && record_mem peak-cache "$(cat "$peak")" "$(jq -r '"\(.samples) samples of summed VmRSS every 0.2 s"' "$peak")"
     fi
-    # shellcheck disable=SC2046
-    if want https; then run_load https wrk "" "$LOAD_CPU" -- $(wrk_args) "$https/nostore"; fi
+    if want https; then run_load https wrk "" "$LOAD_CPU" -- "${wrk_args[@]}" "$https/nostore"; fi
     if want h2; then
         run_load h2 h2load "" "$LOAD_CPU" -- -t1 -c16 -m10 -D "$DUR" --connect-to="127.0.0.1:$HTTPS_PORT" \
             "https://bench.test:$HTTPS_PORT/nostore"
     fi
     if want handshake; then
         run_load handshake-ecdsa wrk "" "$LOAD_CPU" -- -t1 -c"$HS_CONNS" -d"${HS_DUR}s" --latency \
-            -H 'Host: bench.test' -H 'Connection: close' "$https/nostore"
+            -s "$HERE/connect-to.lua" -H 'Connection: close' "$https/nostore"
     fi
     sleep 1
     record_mem idle-after-load "$(tools mem $(side_pids))"
@@ -426,10 +427,15 @@ run_side() {
     if want handshake; then
         start_side rsa
         run_load handshake-rsa wrk "" "$LOAD_CPU" -- -t1 -c"$HS_CONNS" -d"${HS_DUR}s" --latency \
-            -H 'Host: bench.test' -H 'Connection: close' "$https/nostore"
+            -s "$HERE/connect-to.lua" -H 'Connection: close' "$https/nostore"
         stop_pid "$PROXY_PID"
     fi
 }
+
+if [[ $WAIT_QUIET -gt 0 ]]; then
+    log "waiting up to $WAIT_QUIET s for a quiet machine"
+    note "wait-quiet: $(tools wait-quiet --max-seconds "$WAIT_QUIET")"
+fi
 
 # (g) the origin alone: the ceiling. The load generator moves to PROXY_CPU so the origin has core LOAD_CPU to itself.
 if want origin; then

@@ -162,6 +162,23 @@ def cmd_corestat(a):
     print(json.dumps(core_stat()))
 
 
+def cmd_wait_quiet(a):
+    """Waits (at most MAX seconds) until every CPU was under THRESHOLD busy over a 3 s window; prints the outcome."""
+    deadline = time.monotonic() + a.max_seconds
+    while True:
+        before = core_stat()
+        time.sleep(3)
+        after = core_stat()
+        busy = {cpu: (after[cpu][0] - before[cpu][0]) / max(1, after[cpu][1] - before[cpu][1]) for cpu in after}
+        worst = max(busy.values()) if busy else 0.0
+        if worst < a.threshold:
+            print(f"quiet: busiest CPU {worst:.0%} over 3 s")
+            return 0
+        if time.monotonic() > deadline:
+            print(f"not quiet after {a.max_seconds:.0f} s (busiest CPU {worst:.0%} over the last 3 s); running anyway")
+            return 0
+
+
 def cmd_pids(a):
     print(" ".join(str(p) for p in descendants(a.pids)))
 
@@ -533,6 +550,10 @@ def main():
     s.add_argument("--proxy-cpu", type=int, default=1)
     s.add_argument("--load-cpu", type=int, default=0)
     s.set_defaults(f=cmd_scenario)
+    s = sub.add_parser("wait-quiet")
+    s.add_argument("--max-seconds", type=float, default=300)
+    s.add_argument("--threshold", type=float, default=0.10)
+    s.set_defaults(f=cmd_wait_quiet)
     s = sub.add_parser("corestat")
     s.set_defaults(f=cmd_corestat)
     s = sub.add_parser("report")

@@ -206,10 +206,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     {
-        let mut file = fs::File::create(&tmp)?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o400);
+        let mut file = options.open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }
+    // Again after the fact, in case a umask or a non-unix platform got in the way.
     set_mode(&tmp, 0o400)?;
     fs::rename(&tmp, path)
 }

@@ -59,6 +59,7 @@ impl AccessRecord {
         upstream: Option<SocketAddr>,
         upstream_time: Option<Duration>,
         total_time: Duration,
+        version: http::Version,
     ) -> AccessRecord {
         let req = session.req_header();
         let target = req
@@ -70,7 +71,7 @@ impl AccessRecord {
             client,
             method: req.method.clone(),
             target,
-            version: req.version,
+            version,
             status,
             body_bytes: session.body_bytes_sent(),
             referer: req.headers.get(http::header::REFERER).cloned(),

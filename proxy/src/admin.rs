@@ -16,7 +16,10 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::Encoder;
 
+use arc_swap::ArcSwap;
+
 use crate::listener::Drain;
+use crate::state::State;
 
 /// What `/readyz` looks at.
 #[derive(Debug)]
@@ -45,17 +48,51 @@ impl Readiness {
     }
 }
 
+/// What `POST /purge` needs.
+pub(crate) struct Purge {
+    pub(crate) storage: Option<&'static edgepop_cache::TieredStorage>,
+    pub(crate) token: Option<String>,
+    pub(crate) state: Arc<ArcSwap<State>>,
+}
+
+/// Reads the admin token (surrounding whitespace ignored); an empty file is an error.
+pub(crate) fn read_token(path: &std::path::Path) -> std::io::Result<String> {
+    let token = std::fs::read_to_string(path)?.trim().to_owned();
+    if token.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the token file is empty",
+        ));
+    }
+    Ok(token)
+}
+
+/// Compares in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
 /// The admin HTTP server, run as a pingora background service.
 pub(crate) struct Admin {
     socket: std::sync::Mutex<Option<std::net::TcpListener>>,
     readiness: Arc<Readiness>,
+    purge: Arc<Purge>,
 }
 
 impl Admin {
-    pub(crate) fn new(socket: std::net::TcpListener, readiness: Arc<Readiness>) -> Admin {
+    pub(crate) fn new(
+        socket: std::net::TcpListener,
+        readiness: Arc<Readiness>,
+        purge: Purge,
+    ) -> Admin {
         Admin {
             socket: std::sync::Mutex::new(Some(socket)),
             readiness,
+            purge: Arc::new(purge),
         }
     }
 }
@@ -91,10 +128,19 @@ impl BackgroundService for Admin {
                 _ = shutdown.changed() => return,
             };
             let readiness = self.readiness.clone();
+            let purge = self.purge.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let readiness = readiness.clone();
-                    async move { Ok::<_, Infallible>(route(&req, &readiness)) }
+                    let purge = purge.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/purge" {
+                            handle_purge(&req, &purge).await
+                        } else {
+                            route(&req, &readiness)
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -143,4 +189,78 @@ fn route(req: &Request<Incoming>, readiness: &Readiness) -> Response<Full<Bytes>
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `POST /purge?url=https://host/path` drops every variant of one URL (keyed with the site's template);
+/// `POST /purge?prefix=https://host/blog/` drops every entry whose key starts with the prefix. Requires
+/// `Authorization: Bearer <token>`.
+async fn handle_purge(req: &Request<Incoming>, purge: &Purge) -> Response<Full<Bytes>> {
+    if req.method() != http::Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+    }
+    let Some(token) = &purge.token else {
+        return text(
+            StatusCode::FORBIDDEN,
+            "purge is disabled: set admin.token-file\n",
+        );
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.trim().as_bytes(), token.as_bytes()) {
+        return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+    }
+    let Some(storage) = purge.storage else {
+        return text(StatusCode::NOT_FOUND, "no [cache] is configured\n");
+    };
+    let query = req.uri().query().unwrap_or("");
+    let mut url = None;
+    let mut prefix = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "url" => url = Some(v.into_owned()),
+            "prefix" => prefix = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let removed = match (url, prefix) {
+        (Some(url), None) => {
+            let Ok(uri) = url.parse::<http::Uri>() else {
+                return text(StatusCode::BAD_REQUEST, "url is not a URL\n");
+            };
+            let (Some(host), Some(pq)) = (uri.host(), uri.path_and_query()) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "url must be absolute: https://host/path\n",
+                );
+            };
+            let host = host.to_ascii_lowercase();
+            let state = purge.state.load();
+            let Some(site) = state.router.lookup(&host).and_then(|i| state.sites.get(i)) else {
+                return text(StatusCode::NOT_FOUND, "no site serves that host\n");
+            };
+            let Ok(fake) = pingora::http::RequestHeader::build(
+                http::Method::GET,
+                pq.as_str().as_bytes(),
+                None,
+            ) else {
+                return text(StatusCode::BAD_REQUEST, "invalid path\n");
+            };
+            let tls = uri.scheme_str() == Some("https");
+            let key = crate::cache::primary_key(&site.cache.key, tls, &host, &fake);
+            storage.purge_primary(&key).await
+        }
+        (None, Some(prefix)) if !prefix.is_empty() => storage.purge_prefix(&prefix).await,
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of url= or prefix=\n",
+            );
+        }
+    };
+    tracing::info!(removed, "cache purge");
+    text(StatusCode::OK, format!("purged {removed}\n"))
 }

@@ -20,6 +20,7 @@
 
 mod access_log;
 mod admin;
+mod cache;
 mod cli;
 mod config;
 pub mod demo;
@@ -71,6 +72,9 @@ pub enum Error {
     /// The resolver could not be set up.
     #[error("cannot set up the DNS resolver")]
     Resolver(#[source] edgepop_resolver::ResolveError),
+    /// The cache could not be opened.
+    #[error("cannot open the cache")]
+    Cache(#[source] edgepop_cache::CacheError),
     /// Some other start-up I/O failure.
     #[error("{what}")]
     Io {
@@ -143,6 +147,16 @@ fn resolver_settings(config: &Config) -> edgepop_resolver::ResolverSettings {
         timeout: config.dns.timeout,
         serve_stale: config.dns.serve_stale,
         ..edgepop_resolver::ResolverSettings::default()
+    }
+}
+
+/// Registers every upstream host name with the resolver so it is resolved at start and kept fresh, and the first
+/// request never waits on DNS.
+pub(crate) fn warm_upstream_names(resolver: &edgepop_resolver::Resolver, config: &Config) {
+    for up in config.upstreams.values() {
+        for server in up.servers.iter().filter(|s| s.ip.is_none()) {
+            resolver.warm(&server.host);
+        }
     }
 }
 
@@ -220,6 +234,7 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
     let resolver = Arc::new(
         edgepop_resolver::Resolver::new(resolver_settings(&config)).map_err(Error::Resolver)?,
     );
+    warm_upstream_names(&resolver, &config);
     let state = Arc::new(ArcSwap::from_pointee(state::State::new(&config)));
 
     let mut conf = ServerConf {
@@ -235,10 +250,42 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let conf = server.configuration.clone();
 
+    let edge_cache = match &config.cache {
+        None => None,
+        Some(c) => {
+            let storage = edgepop_cache::TieredStorage::open(edgepop_cache::CacheSettings {
+                memory_max_bytes: c.memory_bytes,
+                max_object_bytes: c.max_object_bytes,
+                disk: c.disk.as_ref().map(|d| edgepop_cache::DiskSettings {
+                    dir: d.path.clone(),
+                    max_bytes: d.max_bytes,
+                    inactive: d.inactive,
+                }),
+            })
+            .map_err(Error::Cache)?
+            .leak();
+            let lock: &'static pingora::cache::lock::CacheKeyLockImpl =
+                Box::leak(pingora::cache::lock::CacheLock::new_boxed(c.lock_timeout));
+            Some(cache::EdgeCache {
+                storage,
+                lock,
+                status_header: c.status_header,
+            })
+        }
+    };
+    let admin_token = match &config.admin_token_file {
+        None => None,
+        Some(path) => Some(admin::read_token(path).map_err(|source| Error::Io {
+            what: format!("reading admin token file {}", path.display()),
+            source,
+        })?),
+    };
+    let storage = edge_cache.as_ref().map(|c| c.storage);
     let edge = service::Edge {
         state: state.clone(),
         resolver: resolver.clone(),
         access_log,
+        cache: edge_cache,
     };
     let proxy = pingora::proxy::http_proxy(&conf, edge);
 
@@ -270,9 +317,20 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
         drain: drain.clone(),
     });
     if let Some(admin_socket) = sockets.admin {
+        let purge = admin::Purge {
+            storage,
+            token: admin_token,
+            state: state.clone(),
+        };
         server.add_service(background_service(
             "admin",
-            admin::Admin::new(admin_socket, readiness),
+            admin::Admin::new(admin_socket, readiness, purge),
+        ));
+    }
+    if let Some(storage) = storage {
+        server.add_service(background_service(
+            "cache maintenance",
+            storage.maintenance(),
         ));
     }
     if any_tls {
@@ -287,7 +345,7 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
     ));
     server.add_service(background_service(
         "reload on SIGHUP",
-        reload::Reloader::new(config, state, any_tls.then_some(certs)),
+        reload::Reloader::new(config, state, any_tls.then_some(certs), Some(resolver)),
     ));
 
     let args = RunArgs {

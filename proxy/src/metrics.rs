@@ -68,6 +68,15 @@ pub(crate) static UPSTREAM_DURATION: Lazy<Histogram> = Lazy::new(|| {
     register(h)
 });
 
+/// `edgepop_cache_lookups_total{result}`
+pub(crate) static CACHE_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "edgepop_cache_lookups_total",
+        "Cache-enabled requests by outcome (HIT, MISS, EXPIRED, STALE, UPDATING, REVALIDATED, BYPASS).",
+        &["result"],
+    )
+});
+
 /// `edgepop_upstream_errors_total{reason}`
 pub(crate) static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(

@@ -29,7 +29,7 @@ pub(crate) struct DnsRefresher(pub(crate) Arc<edgepop_resolver::Resolver>);
 #[async_trait]
 impl BackgroundService for DnsRefresher {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let _ = self.0.spawn_refresher(shutdown).await;
+        self.0.run_refresher(shutdown).await;
     }
 }
 
@@ -38,6 +38,7 @@ pub(crate) struct Reloader {
     running: std::sync::Mutex<Config>,
     state: Arc<ArcSwap<State>>,
     certs: Option<Arc<edgepop_certs::CertStore>>,
+    resolver: Option<Arc<edgepop_resolver::Resolver>>,
 }
 
 impl Reloader {
@@ -45,11 +46,13 @@ impl Reloader {
         config: Config,
         state: Arc<ArcSwap<State>>,
         certs: Option<Arc<edgepop_certs::CertStore>>,
+        resolver: Option<Arc<edgepop_resolver::Resolver>>,
     ) -> Self {
         Reloader {
             running: std::sync::Mutex::new(config),
             state,
             certs,
+            resolver,
         }
     }
 
@@ -72,6 +75,9 @@ impl Reloader {
             tracing::warn!("{what} changed; this takes effect only after a restart");
         }
         self.state.store(Arc::new(State::new(&new)));
+        if let Some(resolver) = &self.resolver {
+            crate::warm_upstream_names(resolver, &new);
+        }
         metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
         tracing::info!(path = %path.display(), sites = new.sites.len(), "configuration reloaded");
         *running = new;

@@ -14,7 +14,13 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use std::time::SystemTime;
+
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
+
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::cache::{self, EdgeCache};
 use crate::metrics;
 use crate::routes::strip_port;
 use crate::state::{self, SiteState, State};
@@ -36,6 +42,9 @@ pub(crate) struct RequestCtx {
     upstream_time: Option<Duration>,
     body_bytes: u64,
     start: Instant,
+    /// The version the client spoke (the request header is rewritten to HTTP/1.1 for HTTP/2, see below).
+    version: http::Version,
+    cache_enabled: bool,
 }
 
 impl RequestCtx {
@@ -49,6 +58,7 @@ pub(crate) struct Edge {
     pub(crate) state: Arc<ArcSwap<State>>,
     pub(crate) resolver: Arc<edgepop_resolver::Resolver>,
     pub(crate) access_log: AccessLog,
+    pub(crate) cache: Option<EdgeCache>,
 }
 
 #[async_trait]
@@ -70,6 +80,8 @@ impl ProxyHttp for Edge {
             upstream_time: None,
             body_bytes: 0,
             start: Instant::now(),
+            version: http::Version::HTTP_11,
+            cache_enabled: false,
         }
     }
 
@@ -81,6 +93,19 @@ impl ProxyHttp for Edge {
         ctx.start = Instant::now();
         let keepalive = ctx.state.http.keepalive_timeout.as_secs();
         session.set_keepalive(Some(keepalive));
+        let req = session.req_header_mut();
+        ctx.version = req.version;
+        // pingora 0.9.1 trap: a stale-while-revalidate background subrequest re-serialises the request as
+        // "GET /x HTTP/2" without Host and fails (and a debug build panics on a dangling cache lock). Presenting
+        // HTTP/2 requests as HTTP/1.1 with a Host header avoids it; the client connection stays HTTP/2.
+        if ctx.version == http::Version::HTTP_2 {
+            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
+                if !req.headers.contains_key(header::HOST) {
+                    req.insert_header(header::HOST, authority)?;
+                }
+            }
+            req.set_version(http::Version::HTTP_11);
+        }
         Ok(())
     }
 
@@ -150,6 +175,75 @@ impl ProxyHttp for Edge {
             }
         }
         Ok(())
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let (Some(cache), Some(site)) = (&self.cache, ctx.site()) else {
+            return Ok(());
+        };
+        if site.cache.enabled
+            && cache::request_cacheable(session.req_header(), session.is_upgrade_req())
+        {
+            session
+                .cache
+                .enable(cache.storage, None, None, Some(cache.lock), None);
+            ctx.cache_enabled = true;
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let (Some(site), Some(host)) = (ctx.site(), ctx.host.as_deref()) else {
+            return Error::e_explain(ErrorType::InternalError, "cache key without a site");
+        };
+        let primary = cache::primary_key(&site.cache.key, ctx.tls, host, session.req_header());
+        Ok(CacheKey::new(primary, ""))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(site) = ctx.site() else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("no site")));
+        };
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(header::AUTHORIZATION);
+        let revalidated = matches!(
+            session.cache.phase(),
+            CachePhase::Stale | CachePhase::StaleUpdating
+        );
+        Ok(cache::response_cacheable(
+            resp,
+            authorization,
+            revalidated,
+            &site.cache,
+            SystemTime::now(),
+        ))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        // `None`: stale-while-revalidate, already bounded by the stored stale-while-revalidate window.
+        // Otherwise: the origin is unreachable, timed out or answered 5xx; bounded by stale-if-error/grace.
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }
 
     async fn upstream_peer(
@@ -264,10 +358,14 @@ impl ProxyHttp for Edge {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.cache_enabled && self.cache.as_ref().is_some_and(|c| c.status_header) {
+            let label = cache::status_label(&session.cache.phase(), true);
+            upstream_response.insert_header("x-cache-status", label)?;
+        }
         if let Some(start) = ctx.upstream_start.take() {
             let elapsed = start.elapsed();
             ctx.upstream_time = Some(elapsed);
@@ -349,6 +447,15 @@ impl ProxyHttp for Edge {
         metrics::HTTP_DURATION
             .with_label_values(&[site])
             .observe(elapsed.as_secs_f64());
+        if ctx.cache_enabled {
+            let label = cache::status_label(&session.cache.phase(), true);
+            metrics::CACHE_LOOKUPS.with_label_values(&[label]).inc();
+        }
+        if let Some(cache) = &self.cache {
+            if cache::invalidates(&req.method, status) {
+                self.invalidate(cache, session, ctx);
+            }
+        }
         self.access_log.record(AccessRecord::from_session(
             session,
             status,
@@ -357,7 +464,53 @@ impl ProxyHttp for Edge {
             ctx.upstream_addr,
             ctx.upstream_time,
             elapsed,
+            ctx.version,
         ));
+    }
+}
+
+impl Edge {
+    /// After a successful unsafe request, drops the stored responses for its URL and for the URLs named by
+    /// Location and Content-Location on the same host (RFC 9111 §4.4).
+    fn invalidate(&self, cache: &EdgeCache, session: &Session, ctx: &RequestCtx) {
+        let (Some(site), Some(host)) = (ctx.site(), ctx.host.as_deref()) else {
+            return;
+        };
+        if !site.cache.enabled {
+            return;
+        }
+        let req = session.req_header();
+        let mut keys = vec![cache::primary_key(&site.cache.key, ctx.tls, host, req)];
+        if let Some(resp) = session.response_written() {
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                let Some(target) = resp.headers.get(name).and_then(|v| v.to_str().ok()) else {
+                    continue;
+                };
+                let Ok(uri) = target.parse::<http::Uri>() else {
+                    continue;
+                };
+                if uri.host().is_some_and(|h| !h.eq_ignore_ascii_case(host)) {
+                    continue; // another host: not ours to invalidate
+                }
+                let Some(pq) = uri
+                    .path_and_query()
+                    .filter(|pq| pq.as_str().starts_with('/'))
+                else {
+                    continue;
+                };
+                if let Ok(other) =
+                    RequestHeader::build(http::Method::GET, pq.as_str().as_bytes(), None)
+                {
+                    keys.push(cache::primary_key(&site.cache.key, ctx.tls, host, &other));
+                }
+            }
+        }
+        let storage = cache.storage;
+        tokio::spawn(async move {
+            for key in keys {
+                storage.purge_primary(&key).await;
+            }
+        });
     }
 }
 

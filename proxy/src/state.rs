@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderValue;
 
-use crate::config::{Config, HttpConfig, Upstream};
+use crate::config::{Config, HttpConfig, SiteCache, Upstream};
 use crate::routes::Router;
 
 /// One snapshot of the request-facing configuration.
@@ -24,6 +24,7 @@ pub(crate) struct SiteState {
     /// The first configured name: the `site` label of metrics and logs.
     pub(crate) label: Arc<str>,
     pub(crate) upstream: Arc<UpstreamState>,
+    pub(crate) cache: SiteCache,
 }
 
 /// An upstream, ready for the request path.
@@ -82,6 +83,7 @@ impl State {
                     .first()
                     .map_or_else(|| Arc::from("-"), |n| Arc::from(n.as_str())),
                 upstream: upstream.clone(),
+                cache: site.cache.clone(),
             });
         }
         let router = Router::new(names);

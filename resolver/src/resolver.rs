@@ -40,8 +40,14 @@ type Outcome = Result<Arc<Entry>, ResolveError>;
 /// Resolves upstream host names with a warm in-memory table, background refresh, negative
 /// caching and serve-stale. Cheap to clone (one `Arc`); `Send + Sync`.
 ///
-/// Must be used from within a tokio runtime (lookups run as tokio tasks); building it does
-/// not need one.
+/// Run the refresher ([`spawn_refresher`](Self::spawn_refresher) or
+/// [`run_refresher`](Self::run_refresher)) so names are re-queried before they expire, with or
+/// without traffic. Without it, a request that finds an answer past its TTL still gets that
+/// answer at once (as stale) and starts the refresh in the background.
+///
+/// Lookups run as tokio tasks on the caller's runtime, so `resolve` must be called within one
+/// (outside, cold names fail with [`ResolveError::Failed`]); building the resolver does not
+/// need a runtime.
 #[derive(Clone)]
 pub struct Resolver {
     inner: Arc<Inner>,
@@ -701,4 +707,69 @@ fn build_hickory(settings: &ResolverSettings) -> Result<TokioResolver, ResolveEr
         .map_err(|e| ResolveError::Init {
             source: Arc::new(e),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pingora's `ProxyHttp` methods are `async_trait` (`Send` futures): `resolve` must fit.
+    #[test]
+    fn resolver_and_its_futures_are_send() {
+        fn send_sync<T: Send + Sync + 'static>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let settings = ResolverSettings {
+            nameservers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
+            ..Default::default()
+        };
+        let resolver = Resolver::new(settings).unwrap();
+        send_sync(&resolver);
+        send(&resolver.resolve("origin.example", 443));
+        send(&resolver.resolve_ips("origin.example"));
+        send(&resolver.run_refresher(watch::channel(false).1));
+    }
+
+    #[test]
+    fn negative_ttl_follows_the_soa_within_bounds() {
+        let settings = ResolverSettings {
+            nameservers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
+            min_ttl: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let inner = Resolver::new(settings).unwrap().inner;
+        let s = Duration::from_secs;
+        assert_eq!(
+            inner.negative_duration(Some(10)),
+            s(10),
+            "SOA below the cap"
+        );
+        assert_eq!(
+            inner.negative_duration(Some(3600)),
+            s(30),
+            "capped by negative_ttl"
+        );
+        assert_eq!(inner.negative_duration(Some(0)), s(5), "floored at min_ttl");
+        assert_eq!(inner.negative_duration(None), s(5), "no SOA: min_ttl");
+    }
+
+    #[test]
+    fn resolve_outside_a_runtime_errors_instead_of_panicking() {
+        let settings = ResolverSettings {
+            nameservers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
+            ..Default::default()
+        };
+        let resolver = Resolver::new(settings).unwrap();
+        let mut fut = std::pin::pin!(resolver.resolve("origin.example", 443));
+        let waker = std::task::Waker::noop();
+        match fut
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(Err(ResolveError::Failed { source, .. })) => {
+                assert_eq!(source.to_string(), "no tokio runtime to run the lookup on");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
 }

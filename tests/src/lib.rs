@@ -108,6 +108,7 @@ pub struct Edgepop {
 pub struct EdgepopBuilder {
     config: String,
     dir: tempfile::TempDir,
+    root: Option<PathBuf>,
     wait_ready: bool,
 }
 
@@ -120,6 +121,7 @@ impl Edgepop {
         EdgepopBuilder {
             config: config.to_owned(),
             dir,
+            root: None,
             wait_ready: false,
         }
     }
@@ -198,9 +200,15 @@ impl EdgepopBuilder {
         self
     }
 
-    /// The temp dir, to put certs in before starting.
+    /// Uses an existing directory for `{dir}` (e.g. an earlier instance's, to restart on its cache).
+    pub fn root(mut self, dir: &Path) -> Self {
+        self.root = Some(dir.to_owned());
+        self
+    }
+
+    /// The directory `{dir}` stands for, to put certs in before starting.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.root.as_deref().unwrap_or(self.dir.path())
     }
 
     /// Starts the process.
@@ -209,7 +217,8 @@ impl EdgepopBuilder {
             .into_iter()
             .map(|k| (k, free_port()))
             .collect();
-        let dir_str = self.dir.path().display().to_string();
+        let root = self.dir().to_owned();
+        let dir_str = root.display().to_string();
         let mut text = self.config.replace("{dir}", &dir_str);
         text = text.replace("{certs}", &format!("{dir_str}/certs"));
         for (k, port) in &ports {
@@ -221,7 +230,7 @@ impl EdgepopBuilder {
                 ports["admin"]
             );
         }
-        let config_path = self.dir.path().join("edgepop.toml");
+        let config_path = root.join("edgepop.toml");
         std::fs::write(&config_path, &text).unwrap();
         let mut child = Command::new(edgepop_bin())
             .args(["run", "--config"])
@@ -351,6 +360,10 @@ pub struct Origin {
     /// Headers added to every response (e.g. Cache-Control).
     extra: Arc<Mutex<Vec<(String, String)>>>,
     body: Arc<Mutex<Bytes>>,
+    /// Forced status for every response (0 = normal).
+    status: Arc<std::sync::atomic::AtomicU16>,
+    etag: Arc<Mutex<Option<String>>>,
+    conns: Arc<Mutex<tokio::task::JoinSet<()>>>,
 }
 
 impl Origin {
@@ -374,6 +387,9 @@ impl Origin {
             stop: Arc::default(),
             extra: Arc::default(),
             body: Arc::new(Mutex::new(Bytes::from_static(b"hello from origin\n"))),
+            status: Arc::default(),
+            etag: Arc::default(),
+            conns: Arc::default(),
         };
         let o = origin.clone();
         tokio::spawn(async move {
@@ -382,8 +398,9 @@ impl Origin {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
                     _ = o.stop.notified() => return,
                 };
-                let o = o.clone();
-                tokio::spawn(async move {
+                let o2 = o.clone();
+                o.conns.lock().unwrap().spawn(async move {
+                    let o = o2;
                     let svc = service_fn(move |req| {
                         let o = o.clone();
                         async move { Ok::<_, std::convert::Infallible>(o.handle(req).await) }
@@ -398,9 +415,20 @@ impl Origin {
         origin
     }
 
-    /// Stops accepting new connections (established ones finish).
+    /// Stops accepting and closes every open connection: the origin is gone.
     pub fn stop(&self) {
         self.stop.notify_waiters();
+        self.conns.lock().unwrap().abort_all();
+    }
+
+    /// Answers every request with `status` (0 restores normal behaviour).
+    pub fn force_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Sets the ETag of every response; a matching If-None-Match gets 304.
+    pub fn set_etag(&self, etag: Option<&str>) {
+        *self.etag.lock().unwrap() = etag.map(str::to_owned);
     }
 
     /// Requests received so far.
@@ -477,24 +505,59 @@ impl Origin {
         });
 
         let mut status = 200u16;
-        if let Some(ms) = query
-            .strip_prefix("ms=")
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if path == "/slow" {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
+        let params: HashMap<String, String> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| {
+                let v = v
+                    .replace("%20", " ")
+                    .replace("%3D", "=")
+                    .replace("%2C", ",");
+                (k.to_owned(), v)
+            })
+            .collect();
+        if let Some(ms) = params.get("ms").and_then(|v| v.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse().ok()) {
             status = code;
         }
-        let body = self.body.lock().unwrap().clone();
+        let forced = self.status.load(Ordering::SeqCst);
+        if forced != 0 {
+            status = forced;
+        }
+        let etag = self.etag.lock().unwrap().clone();
+        let not_modified = etag.as_deref().is_some_and(|e| {
+            self.seen
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|s| s.header("if-none-match") == e)
+        });
+        if not_modified && forced == 0 {
+            status = 304;
+        }
+        let body = if status == 304 {
+            Bytes::new()
+        } else {
+            self.body.lock().unwrap().clone()
+        };
         let mut resp = hyper::Response::new(Full::new(body));
         *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
         resp.headers_mut()
             .insert("content-type", "text/plain".parse().unwrap());
         resp.headers_mut()
             .insert("server", "origin-server/1.0".parse().unwrap());
+        if let Some(cc) = params.get("cc") {
+            resp.headers_mut()
+                .insert("cache-control", cc.parse().unwrap());
+        }
+        if let Some(vary) = params.get("vary") {
+            resp.headers_mut().insert("vary", vary.parse().unwrap());
+        }
+        if let Some(etag) = etag {
+            resp.headers_mut().insert("etag", etag.parse().unwrap());
+        }
         for (k, v) in self.extra.lock().unwrap().iter() {
             resp.headers_mut().append(
                 hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),

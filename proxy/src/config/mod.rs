@@ -199,6 +199,36 @@ pub struct Upstream {
     pub keepalive_timeout: Duration,
 }
 
+/// One piece of a cache key template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    /// Literal text.
+    Text(String),
+    /// `$scheme`: http or https.
+    Scheme,
+    /// `$host`: lowercase host without port, the same for HTTP/1.1 and HTTP/2.
+    Host,
+    /// `$request_uri`: path and query as received.
+    RequestUri,
+    /// `$uri`: path only.
+    Uri,
+    /// `$args`: query only.
+    Args,
+}
+
+/// A site's cache behaviour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteCache {
+    /// Cache this site's responses.
+    pub enabled: bool,
+    /// Key template.
+    pub key: Vec<KeyPart>,
+    /// Freshness for responses without any.
+    pub default_ttl: Option<Duration>,
+    /// Stale-on-error window.
+    pub grace: Duration,
+}
+
 /// A site: host names and where their requests go.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {
@@ -206,6 +236,34 @@ pub struct Site {
     pub names: Vec<String>,
     /// The upstream's name (validated to exist).
     pub upstream: String,
+    /// Caching.
+    pub cache: SiteCache,
+}
+
+/// The response cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Memory tier bytes.
+    pub memory_bytes: u64,
+    /// Largest stored object.
+    pub max_object_bytes: u64,
+    /// Cache lock timeout.
+    pub lock_timeout: Duration,
+    /// Emit X-Cache-Status.
+    pub status_header: bool,
+    /// Disk tier.
+    pub disk: Option<CacheDiskConfig>,
+}
+
+/// The disk tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheDiskConfig {
+    /// Directory.
+    pub path: PathBuf,
+    /// Byte bound.
+    pub max_bytes: u64,
+    /// Inactivity eviction.
+    pub inactive: Duration,
 }
 
 /// A validated configuration.
@@ -221,6 +279,10 @@ pub struct Config {
     pub upstream_keepalive_pool: usize,
     /// Admin listener address (`None` = disabled).
     pub admin_address: Option<SocketAddr>,
+    /// Bearer token file for purge.
+    pub admin_token_file: Option<PathBuf>,
+    /// The cache (`None` = no caching).
+    pub cache: Option<CacheConfig>,
     /// Public listeners.
     pub listeners: Vec<Listener>,
     /// TLS.
@@ -388,7 +450,13 @@ impl Validator<'_> {
         let http = self.http(&raw.http);
         let access_log = self.access_log(&raw.access_log);
         let upstreams = self.upstreams(&raw.upstreams);
-        let sites = self.sites(&raw.sites, &upstreams);
+        let cache = raw.cache.as_ref().map(|c| self.cache(c));
+        let sites = self.sites(&raw.sites, &upstreams, cache.is_some());
+        let admin_token_file = raw
+            .admin
+            .token_file
+            .as_ref()
+            .map(|t| self.path(t.get_ref()));
 
         if let Some(admin) = admin_address {
             if listeners.iter().any(|l| l.address == admin) {
@@ -408,6 +476,8 @@ impl Validator<'_> {
             drain_timeout,
             upstream_keepalive_pool: raw.server.upstream_keepalive_pool,
             admin_address,
+            admin_token_file,
+            cache,
             listeners,
             tls,
             dns,
@@ -688,10 +758,52 @@ impl Validator<'_> {
         out
     }
 
+    fn cache(&mut self, raw: &raw::RawCache) -> CacheConfig {
+        let disk = raw.disk.as_ref().map(|d| CacheDiskConfig {
+            path: self.path(d.path.get_ref()),
+            max_bytes: d
+                .max_size
+                .as_ref()
+                .map_or(1 << 30, |m| self.size(m, "cache.disk.max-size")),
+            inactive: d
+                .inactive
+                .as_ref()
+                .map_or(Duration::from_secs(182 * 86_400), |i| {
+                    self.duration(i, "cache.disk.inactive")
+                }),
+        });
+        CacheConfig {
+            memory_bytes: self.size(&raw.memory, "cache.memory"),
+            max_object_bytes: self.size(&raw.max_object_size, "cache.max-object-size"),
+            lock_timeout: self.duration(&raw.lock_timeout, "cache.lock-timeout"),
+            status_header: raw.status_header,
+            disk,
+        }
+    }
+
+    fn cache_key(&mut self, raw: &Option<Spanned<String>>, key: &str) -> Vec<KeyPart> {
+        let Some(raw) = raw else {
+            return vec![
+                KeyPart::Scheme,
+                KeyPart::Text("://".into()),
+                KeyPart::Host,
+                KeyPart::RequestUri,
+            ];
+        };
+        match parse_key_template(raw.get_ref()) {
+            Ok(parts) => parts,
+            Err(msg) => {
+                self.error(raw.span(), key, msg);
+                Vec::new()
+            }
+        }
+    }
+
     fn sites(
         &mut self,
         raw: &[Spanned<raw::RawSite>],
         upstreams: &BTreeMap<String, Arc<Upstream>>,
+        have_cache: bool,
     ) -> Vec<Site> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
@@ -741,13 +853,79 @@ impl Validator<'_> {
                 }
                 names.push(name);
             }
+            let cache = SiteCache {
+                enabled: have_cache && s.cache.unwrap_or(true),
+                key: self.cache_key(&s.cache_key, &format!("{key}.cache-key")),
+                default_ttl: s
+                    .cache_default_ttl
+                    .as_ref()
+                    .map(|t| self.duration(t, &format!("{key}.cache-default-ttl"))),
+                grace: s
+                    .cache_grace
+                    .as_ref()
+                    .map_or(Duration::from_secs(86_400), |g| {
+                        self.duration(g, &format!("{key}.cache-grace"))
+                    }),
+            };
+            if s.cache == Some(true) && !have_cache {
+                self.error(
+                    site.span(),
+                    format!("{key}.cache"),
+                    "is true but there is no [cache] section",
+                );
+            }
             out.push(Site {
                 names,
                 upstream: s.upstream.get_ref().clone(),
+                cache,
             });
         }
         out
     }
+}
+
+/// Parses an nginx-style key template such as `$scheme$host$request_uri`.
+fn parse_key_template(text: &str) -> Result<Vec<KeyPart>, String> {
+    const VARS: [(&str, KeyPart); 5] = [
+        ("request_uri", KeyPart::RequestUri),
+        ("scheme", KeyPart::Scheme),
+        ("host", KeyPart::Host),
+        ("args", KeyPart::Args),
+        ("uri", KeyPart::Uri),
+    ];
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        match rest.find('$') {
+            Some(0) => {
+                let name = &rest[1..];
+                let Some((var, part)) = VARS.iter().find(|(v, _)| name.starts_with(v)) else {
+                    return Err(format!(
+                        "unknown variable in {text:?}; use $scheme, $host, $request_uri, $uri, $args"
+                    ));
+                };
+                parts.push(part.clone());
+                rest = &name[var.len()..];
+            }
+            Some(i) => {
+                parts.push(KeyPart::Text(rest[..i].to_owned()));
+                rest = &rest[i..];
+            }
+            None => {
+                parts.push(KeyPart::Text(rest.to_owned()));
+                rest = "";
+            }
+        }
+    }
+    if !parts
+        .iter()
+        .any(|p| matches!(p, KeyPart::RequestUri | KeyPart::Uri))
+    {
+        return Err(format!(
+            "{text:?} does not contain $request_uri or $uri: every URL would share one entry"
+        ));
+    }
+    Ok(parts)
 }
 
 /// Parses an upstream server `host:port`, `ip:port` or `[v6]:port`.

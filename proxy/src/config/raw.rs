@@ -34,6 +34,9 @@ pub(crate) struct RawConfig {
     /// The access log.
     #[serde(default)]
     pub(crate) access_log: RawAccessLog,
+    /// The response cache (`proxy_cache_path`). Absent: nothing is cached.
+    #[serde(default)]
+    pub(crate) cache: Option<RawCache>,
     /// Named upstreams (`[upstream.NAME]`).
     #[serde(default, rename = "upstream")]
     pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
@@ -68,16 +71,62 @@ impl Default for RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub(crate) struct RawAdmin {
-    /// Address of the admin listener. Default "127.0.0.1:9901". Never expose it publicly.
+    /// Address of the admin listener. Default "127.0.0.1:9901"; "off" disables it. Never expose it publicly.
     pub(crate) address: Option<Spanned<String>>,
+    /// File holding the bearer token that state-changing admin endpoints (purge) require. Default: none, and
+    /// those endpoints answer 403.
+    pub(crate) token_file: Option<Spanned<String>>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             address: Some(Spanned::new(0..0, "127.0.0.1:9901".to_owned())),
+            token_file: None,
         }
     }
+}
+
+/// `[cache]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(crate) struct RawCache {
+    /// Memory tier size, counting bodies and metadata. Default "32MiB".
+    pub(crate) memory: Spanned<RawSize>,
+    /// Largest response stored; larger ones are passed through uncached. Default "8MiB".
+    pub(crate) max_object_size: Spanned<RawSize>,
+    /// How long concurrent misses for one URL wait for the first one's response. Default "5s".
+    pub(crate) lock_timeout: Spanned<String>,
+    /// Add `X-Cache-Status` (HIT, MISS, EXPIRED, STALE, UPDATING, REVALIDATED, BYPASS) to responses. Default true.
+    pub(crate) status_header: bool,
+    /// The persistent disk tier. Absent: memory only.
+    pub(crate) disk: Option<RawCacheDisk>,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            memory: Spanned::new(0..0, RawSize::Text("32MiB".to_owned())),
+            max_object_size: Spanned::new(0..0, RawSize::Text("8MiB".to_owned())),
+            lock_timeout: Spanned::new(0..0, "5s".to_owned()),
+            status_header: true,
+            disk: None,
+        }
+    }
+}
+
+/// `[cache.disk]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawCacheDisk {
+    /// Directory of the disk tier (created, mode 0700).
+    pub(crate) path: Spanned<String>,
+    /// Bound on the bytes stored (nginx `max_size`). Default "1GiB".
+    #[serde(default)]
+    pub(crate) max_size: Option<Spanned<RawSize>>,
+    /// Entries not read for this long are removed (nginx `inactive`). Default "182d".
+    #[serde(default)]
+    pub(crate) inactive: Option<Spanned<String>>,
 }
 
 /// PROXY protocol mode of a listener: `"off"`, `"optional"` or `"required"`; `true` means required.
@@ -258,4 +307,19 @@ pub(crate) struct RawSite {
     pub(crate) names: Spanned<Vec<Spanned<String>>>,
     /// Name of the `[upstream.NAME]` requests are forwarded to.
     pub(crate) upstream: Spanned<String>,
+    /// Use the response cache for this site (needs a `[cache]` section). Default true.
+    #[serde(default)]
+    pub(crate) cache: Option<bool>,
+    /// Cache key template (nginx `proxy_cache_key`): `$scheme`, `$host`, `$request_uri`, `$uri`, `$args`.
+    /// Default "$scheme$host$request_uri".
+    #[serde(default)]
+    pub(crate) cache_key: Option<Spanned<String>>,
+    /// Freshness for cacheable responses (200, 301, 404...) that carry none (nginx `proxy_cache_valid`).
+    /// Default: none (only explicit or RFC-heuristic freshness).
+    #[serde(default)]
+    pub(crate) cache_default_ttl: Option<Spanned<String>>,
+    /// How long a stale response may still be served when the origin is unreachable or answers 5xx
+    /// (nginx `proxy_cache_use_stale error timeout http_5xx`). Default "1d"; "0s" disables.
+    #[serde(default)]
+    pub(crate) cache_grace: Option<Spanned<String>>,
 }
