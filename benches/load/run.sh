@@ -228,15 +228,20 @@ for kind in ecdsa rsa; do
 done
 tools content "$RUN_DIR/www"
 
-export RUN_DIR ORIGIN_PORT HTTP_PORT HTTPS_PORT UNBOUND_PORT ADMIN_PORT CERTS_DIR NGINX_USER NGINX_UPSTREAM
+export RUN_DIR ORIGIN_PORT HTTP_PORT HTTPS_PORT UNBOUND_PORT ADMIN_PORT CERTS_DIR NGINX_USER NGINX_UPSTREAM EDGEPOP_ALLOW_ROOT
+# As root: nginx workers stay root (so they can write the root-owned cache and temp dirs); edgepop may stay root.
 NGINX_USER=""
-[[ $EUID != 0 ]] || NGINX_USER="user root root;"   # as root, keep the worker able to use the 0700 temp dirs
+EDGEPOP_ALLOW_ROOT=""
+if [[ $EUID == 0 ]]; then
+    NGINX_USER="user root root;"
+    EDGEPOP_ALLOW_ROOT="allow-root = true"
+fi
 if [[ $NGINX_DNS == static ]]; then
     NGINX_UPSTREAM='proxy_pass http://origin;'
 else
     NGINX_UPSTREAM="set \$origin_host origin.bench.test; proxy_pass http://\$origin_host:$ORIGIN_PORT;"
 fi
-VARS='${RUN_DIR} ${ORIGIN_PORT} ${HTTP_PORT} ${HTTPS_PORT} ${UNBOUND_PORT} ${ADMIN_PORT} ${CERTS_DIR} ${NGINX_USER} ${NGINX_UPSTREAM}'
+VARS='${RUN_DIR} ${ORIGIN_PORT} ${HTTP_PORT} ${HTTPS_PORT} ${UNBOUND_PORT} ${ADMIN_PORT} ${CERTS_DIR} ${NGINX_USER} ${NGINX_UPSTREAM} ${EDGEPOP_ALLOW_ROOT}'
 envsubst "$VARS" <"$HERE/origin.conf.template" >"$RUN_DIR/origin.conf"
 envsubst "$VARS" <"$HERE/unbound.conf.template" >"$RUN_DIR/unbound.conf"
 for kind in ecdsa rsa; do

@@ -368,7 +368,7 @@ def cmd_scenario(a):
 # --------------------------------------------------------------------------------------------- report
 
 SCENARIOS = [
-    # name, label, higher-is-better metric, target ratio (edgepop / nginx), comparison
+    # name, label, target ratio of requests/s (edgepop / nginx), if any
     ("passthrough", "(a) pass-through no-store, HTTP/1.1", 1.0),
     ("cache-small", "(b) cache hit 1 KiB, HTTP/1.1", 1.2),
     ("cache-gzip", "(c) cache hit 100 KiB, gzip, HTTP/1.1", 30.0),
@@ -412,6 +412,7 @@ def cmd_report(a):
     out.append(hdr)
     out.append("-" * len(hdr))
     for name, label, target in SCENARIOS:
+        full_label = label
         per_side = {}
         for side in ("edgepop", "nginx", "origin"):
             rs = pick(side, name)
@@ -445,7 +446,10 @@ def cmd_report(a):
             verdict = ""
             if target is not None:
                 verdict = f"  target ≥{target:g}× : {'met' if ratio >= target else 'NOT met'}"
-            out.append(f"{'':<42} {'ratio':<8} {ratio:>9.2f}×  edgepop/nginx req/s (higher is better){verdict}")
+            cpu = ""
+            if e["cpu_us_per_req"] and n["cpu_us_per_req"] and not name.startswith("handshake"):
+                cpu = f"; CPU/req {e['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}× (lower is better)"
+            out.append(f"{'':<42} {'ratio':<8} {ratio:>9.2f}×  edgepop/nginx req/s (higher is better){verdict}{cpu}")
         hs = None
         if name.startswith("handshake") and e and n and e["cpu_us_per_req"] and n["cpu_us_per_req"]:
             hs = e["cpu_us_per_req"] / n["cpu_us_per_req"]
@@ -455,7 +459,10 @@ def cmd_report(a):
         for side, agg in per_side.items():
             for note in agg["notes"]:
                 out.append(f"{'':<42} note ({side}): {note}")
-        summary["scenarios"][name] = {"label": label, "sides": per_side, "ratio_rps": ratio,
+        cpu_ratio = None
+        if e and n and e["cpu_us_per_req"] and n["cpu_us_per_req"]:
+            cpu_ratio = e["cpu_us_per_req"] / n["cpu_us_per_req"]
+        summary["scenarios"][name] = {"label": full_label, "sides": per_side, "ratio_rps": ratio, "ratio_cpu_per_req": cpu_ratio,
                                       "ratio_cpu_per_handshake": hs, "target_ratio": target}
 
     out.append("")
@@ -470,6 +477,7 @@ def cmd_report(a):
               "idle-1k-http": "1,000 idle keepalive conns, HTTP",
               "idle-1k-tls": "1,000 idle keepalive conns, TLS"}
     for what, label in labels.items():
+        full_label = label
         per_side = {}
         for side in ("edgepop", "nginx"):
             rs = [r for r in mems if r["side"] == side and r["what"] == what]
@@ -487,7 +495,7 @@ def cmd_report(a):
             ratio = e["rss_kib"] / n["rss_kib"]
             tgt = "  target ≤0.5× : " + ("met" if ratio <= 0.5 else "NOT met") if what == "idle" else ""
             out.append(f"{'':<42} {'ratio':<8} {ratio:7.2f}×  edgepop/(nginx+unbound) RSS (lower is better){tgt}")
-        summary["memory"][what] = {"sides": per_side, "ratio_rss": ratio}
+        summary["memory"][what] = {"label": full_label, "sides": per_side, "ratio_rss": ratio}
 
     if meta.get("notes"):
         out.append("")

@@ -188,6 +188,8 @@ impl HandshakeFailure {
                 | PeerIncompatible::NoEcPointFormatsInCommon
                 | PeerIncompatible::UncompressedEcPointsRequired => Self::NoSharedCipher,
                 PeerIncompatible::SupportedVersionsExtensionRequired
+                // What a TLS 1.0/1.1 ClientHello (no signature_algorithms) trips over first.
+                | PeerIncompatible::SignatureAlgorithmsExtensionRequired
                 | PeerIncompatible::Tls12NotOffered
                 | PeerIncompatible::Tls12NotOfferedOrEnabled
                 | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig => Self::ProtocolVersion,
@@ -207,19 +209,89 @@ impl HandshakeFailure {
     }
 
     /// Classify an I/O error from a handshake (tokio-rustls / pingora wrap rustls errors in
-    /// `io::Error`; those are unwrapped first).
+    /// `io::Error`; those are unwrapped first). An `ErrorKind::Other` error that carries only
+    /// text is classified by [`HandshakeFailure::from_message`].
     pub fn from_io(err: &io::Error) -> Self {
-        if let Some(tls) = err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<rustls::Error>())
-        {
-            return Self::from_rustls(tls);
+        if let Some(inner) = err.get_ref() {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Self::from_rustls(tls);
+            }
+            if err.kind() == io::ErrorKind::Other {
+                return Self::from_message(&inner.to_string());
+            }
         }
         match err.kind() {
             io::ErrorKind::TimedOut => Self::Timeout,
             io::ErrorKind::UnexpectedEof => Self::Eof,
             io::ErrorKind::InvalidData => Self::BadClientHello,
             _ => Self::Io,
+        }
+    }
+
+    /// Classify a handshake error known only by its text. pingora 0.9.1's rustls acceptor
+    /// (`explain_err`) keeps just the `Display` of the rustls or I/O error, e.g. `... tls connect
+    /// error: unexpected error: no server certificate chain resolved`; this reads the rustls and
+    /// tokio-rustls wording back into a reason (unknown text is [`HandshakeFailure::Other`]).
+    pub fn from_message(msg: &str) -> Self {
+        const NO_SHARED: [&str; 5] = [
+            "NoCipherSuitesInCommon",
+            "NoKxGroupsInCommon",
+            "NoSignatureSchemesInCommon",
+            "NoEcPointFormatsInCommon",
+            "UncompressedEcPointsRequired",
+        ];
+        const VERSION: [&str; 5] = [
+            "SupportedVersionsExtensionRequired",
+            "SignatureAlgorithmsExtensionRequired",
+            "Tls12NotOffered",
+            "Tls12NotOfferedOrEnabled",
+            "ServerTlsVersionIsDisabledByOurConfig",
+        ];
+        const MALFORMED: [&str; 6] = [
+            "received corrupt message",
+            "peer misbehaved",
+            "received unexpected message",
+            "received unexpected handshake message",
+            "peer sent excess record size",
+            "cannot decrypt peer's message",
+        ];
+        let first_word = |s: &str| {
+            s.split(|c: char| !c.is_ascii_alphanumeric())
+                .next()
+                .map(str::to_owned)
+        };
+        if msg.contains("no server certificate chain resolved") {
+            return Self::NoCertificate;
+        }
+        if let Some((_, why)) = msg.split_once("peer is incompatible: ") {
+            return match first_word(why) {
+                Some(w) if NO_SHARED.contains(&w.as_str()) => Self::NoSharedCipher,
+                Some(w) if VERSION.contains(&w.as_str()) => Self::ProtocolVersion,
+                _ => Self::BadClientHello,
+            };
+        }
+        if let Some((_, alert)) = msg.split_once("received fatal alert: ") {
+            return match first_word(alert).as_deref() {
+                Some("ProtocolVersion") => Self::ProtocolVersion,
+                Some("HandshakeFailure") => Self::NoSharedCipher,
+                _ => Self::PeerAlert,
+            };
+        }
+        if MALFORMED.iter().any(|m| msg.contains(m)) {
+            return Self::BadClientHello;
+        }
+        let lower = msg.to_ascii_lowercase();
+        if lower.contains("eof") || lower.contains("end of file") {
+            Self::Eof
+        } else if lower.contains("timed out") {
+            Self::Timeout
+        } else if lower.contains("os error")
+            || lower.contains("connection reset")
+            || lower.contains("broken pipe")
+        {
+            Self::Io
+        } else {
+            Self::Other
         }
     }
 }
@@ -317,6 +389,69 @@ mod tests {
         for (err, want) in cases {
             assert_eq!(HandshakeFailure::from_io(&err), want, "{err}");
         }
+        // What pingora 0.9.1 hands the listener: only the error's text, inside its own context.
+        let pingora = |text: String| {
+            io::Error::other(format!(
+                " TLSHandshakeFailure context: TLS accept() failed:  TLSHandshakeFailure context: \
+                 tls connect error: {text}"
+            ))
+        };
+        let texts: Vec<(io::Error, HandshakeFailure)> = vec![
+            (
+                pingora(E::General("no server certificate chain resolved".into()).to_string()),
+                HandshakeFailure::NoCertificate,
+            ),
+            (
+                pingora(E::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon).to_string()),
+                HandshakeFailure::NoSharedCipher,
+            ),
+            (
+                pingora(
+                    E::PeerIncompatible(PeerIncompatible::SignatureAlgorithmsExtensionRequired)
+                        .to_string(),
+                ),
+                HandshakeFailure::ProtocolVersion,
+            ),
+            (
+                pingora(E::PeerIncompatible(PeerIncompatible::NullCompressionRequired).to_string()),
+                HandshakeFailure::BadClientHello,
+            ),
+            (
+                pingora(E::AlertReceived(AlertDescription::ProtocolVersion).to_string()),
+                HandshakeFailure::ProtocolVersion,
+            ),
+            (
+                pingora(E::AlertReceived(AlertDescription::HandshakeFailure).to_string()),
+                HandshakeFailure::NoSharedCipher,
+            ),
+            (
+                pingora(E::AlertReceived(AlertDescription::UnknownCA).to_string()),
+                HandshakeFailure::PeerAlert,
+            ),
+            (
+                pingora(E::InvalidMessage(rustls::InvalidMessage::InvalidContentType).to_string()),
+                HandshakeFailure::BadClientHello,
+            ),
+            (pingora("tls handshake eof".into()), HandshakeFailure::Eof),
+            (
+                pingora(io::Error::from(io::ErrorKind::ConnectionReset).to_string()),
+                HandshakeFailure::Io,
+            ),
+            (
+                pingora("Connection reset by peer (os error 104)".into()),
+                HandshakeFailure::Io,
+            ),
+            (pingora("something new".into()), HandshakeFailure::Other),
+        ];
+        for (err, want) in texts {
+            assert_eq!(HandshakeFailure::from_io(&err), want, "{err}");
+        }
+        // A typed error keeps its kind's meaning even with a text payload.
+        assert_eq!(
+            HandshakeFailure::from_io(&io::Error::new(io::ErrorKind::TimedOut, "slow")),
+            HandshakeFailure::Timeout
+        );
+
         let before = HANDSHAKE_FAILURES.with_label_values(&["timeout"]).get();
         assert_eq!(
             record_handshake_failure(&io::ErrorKind::TimedOut.into()),

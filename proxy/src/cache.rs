@@ -194,17 +194,27 @@ pub(crate) fn response_cacheable(
 
 /// The variant of a request for a stored response that has `Vary` (names compared case-insensitively, values
 /// as sent). `None` when the response does not vary.
-pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+///
+/// `Accept-Encoding` is not taken as sent but as the coding edgepop negotiated (`encoding`), so the endless
+/// spellings of Accept-Encoding collapse into at most four variants.
+pub(crate) fn variance(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    encoding: &'static str,
+) -> Option<HashBinary> {
     let mut builder = VarianceBuilder::new();
     for value in meta.headers().get_all(header::VARY) {
         let Ok(value) = value.to_str() else { continue };
         for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let lower = name.to_ascii_lowercase();
-            let v = req
-                .headers
-                .get(lower.as_str())
-                .map_or(&[][..], |v| v.as_bytes())
-                .to_vec();
+            let v = if lower == "accept-encoding" {
+                encoding.as_bytes().to_vec()
+            } else {
+                req.headers
+                    .get(lower.as_str())
+                    .map_or(&[][..], |v| v.as_bytes())
+                    .to_vec()
+            };
             builder.add_owned_name_value(lower, v);
         }
     }
@@ -258,7 +268,12 @@ mod tests {
     /// (status, headers, authorization) → stored freshness in seconds (None = not stored).
     #[test]
     fn freshness_table() {
-        let now = SystemTime::now();
+        // Whole seconds, as HTTP dates are: no sub-second apparent age.
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
         let date = httpdate::fmt_http_date(now);
         let date_minus_100 = httpdate::fmt_http_date(now - Duration::from_secs(100));
         let exp_plus_60 = httpdate::fmt_http_date(now + Duration::from_secs(60));

@@ -49,6 +49,10 @@ enum Command {
             default_value = "/etc/edgepop/edgepop.toml"
         )]
         config: PathBuf,
+        /// Also show what a reload from RUNNING (the file edgepop runs with) to this file would change, and what
+        /// would need a restart.
+        #[arg(long, value_name = "RUNNING")]
+        diff: Option<PathBuf>,
     },
     /// Try edgepop: a self-signed certificate, a built-in origin on loopback and edgepop in front of it.
     Demo {
@@ -78,7 +82,7 @@ pub fn main() -> ExitCode {
             };
             run(config)
         }
-        Command::Check { config } => check(&config),
+        Command::Check { config, diff } => check(&config, diff.as_deref()),
         Command::Demo {
             https_port,
             http_port,
@@ -109,7 +113,7 @@ fn run(config: Config) -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, running: Option<&std::path::Path>) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -119,8 +123,34 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let diff = match running.map(Config::load).transpose() {
+        Ok(old) => old.map(|old| crate::reload::Diff::between(&old, &config)),
+        Err(errors) => {
+            eprintln!("the running configuration is invalid, nothing to compare with:");
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     for line in crate::check_certificates(&config) {
         println!("{line}");
+    }
+    for line in crate::upstream::check_interfaces(&config) {
+        println!("{line}");
+    }
+    if let Some(line) = crate::privdrop::check_user(&config) {
+        println!("{line}");
+    }
+    if let (Some(diff), Some(running)) = (diff, running) {
+        if diff.is_empty() {
+            println!("no changes against {}", running.display());
+        } else {
+            println!("changes against {}:", running.display());
+            for line in diff.lines() {
+                println!("  {line}");
+            }
+        }
     }
     println!(
         "{}: ok ({} listener(s), {} site(s), {} upstream(s))",

@@ -29,6 +29,7 @@ pub fn prepare(https_port: u16, http_port: u16) -> Result<Config, BoxError> {
 [server]
 threads = 2
 drain-timeout = "2s"
+allow-root = true  # a loopback try-out; production configs set `user` instead
 
 [admin]
 address = "127.0.0.1:{admin}"

@@ -22,10 +22,13 @@ mod access_log;
 mod admin;
 mod cache;
 mod cli;
+mod compress;
 mod config;
 pub mod demo;
+mod health;
 mod listener;
 mod metrics;
+mod privdrop;
 mod proxy_protocol;
 mod reload;
 mod routes;
@@ -75,6 +78,18 @@ pub enum Error {
     /// The cache could not be opened.
     #[error("cannot open the cache")]
     Cache(#[source] edgepop_cache::CacheError),
+    /// Started as root with neither `server.user` nor `server.allow-root`.
+    #[error("refusing to run as root: set server.user (or server.allow-root = true)")]
+    RefuseRoot,
+    /// Switching to `server.user` / `server.group` failed.
+    #[error("cannot switch to {what}")]
+    Privileges {
+        /// The user or group, as configured.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Some other start-up I/O failure.
     #[error("{what}")]
     Io {
@@ -224,11 +239,9 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
     let drain_timeout = config.drain_timeout;
     let certs = edgepop_certs::CertStore::new(cert_settings(&config));
     if any_tls {
-        let report = certs.reload();
+        // The store logs each rejected pair itself (once); logging `report.failed` here doubled every line.
+        certs.reload();
         tracing::info!(live = ?certs.live_domains(), "certificates loaded");
-        for (domain, err) in &report.failed {
-            tracing::warn!(domain, error = %error_chain(err), "certificate not loaded");
-        }
     }
 
     let resolver = Arc::new(
@@ -343,6 +356,14 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
         "dns refresher",
         reload::DnsRefresher(resolver.clone()),
     ));
+    // Upstream health: bound interfaces, passive/active health gauges, active HTTP checks (issue 5).
+    for line in upstream::check_interfaces(&config) {
+        tracing::warn!("{line}");
+    }
+    server.add_service(background_service(
+        "upstream health",
+        health::HealthService::new(state.clone(), resolver.clone()),
+    ));
     server.add_service(background_service(
         "reload on SIGHUP",
         reload::Reloader::new(config, state, any_tls.then_some(certs), Some(resolver)),
@@ -363,6 +384,10 @@ pub fn run(config: Config) -> Result<(), Error> {
     for (l, addr) in config.listeners.iter().zip(sockets.listener_addrs()) {
         tracing::debug!(configured = %l.address, bound = %addr, "bound listener");
     }
+    // Root is needed only to bind. Drop it now, while this is the only thread: `build` starts the access-log
+    // writer and `Server::run` pingora's runtimes, and all of them must start as the configured user.
+    let user = privdrop::drop_privileges(&config)?;
+    privdrop::check_access(&config, &user)?;
     let (server, args) = build(config, sockets)?;
     server.run(args);
     Ok(())

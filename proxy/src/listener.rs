@@ -357,6 +357,8 @@ fn record_handshake_error(e: &pingora::Error) {
             }
         }
     } else {
+        // The usual case: pingora 0.9.1's acceptor keeps only the rustls/io error's text (`explain_err`), which
+        // `edgepop_certs` classifies for an `ErrorKind::Other` error.
         edgepop_certs::record_handshake_failure(&std::io::Error::other(e.to_string()));
     }
 }

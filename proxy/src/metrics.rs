@@ -129,6 +129,44 @@ pub(crate) static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// `edgepop_config_last_reload_success_timestamp_seconds`
+static CONFIG_LAST_SUCCESS: Lazy<IntGauge> = Lazy::new(|| {
+    let g = IntGauge::new(
+        "edgepop_config_last_reload_success_timestamp_seconds",
+        "Unix time the configuration was last loaded successfully (start-up or SIGHUP).",
+    )
+    .unwrap_or_else(|e| panic!("static metric definition is invalid: {e}"));
+    register(g)
+});
+
+/// `edgepop_config_last_reload_successful`
+static CONFIG_LAST_OK: Lazy<IntGauge> = Lazy::new(|| {
+    let g = IntGauge::new(
+        "edgepop_config_last_reload_successful",
+        "1 if the last configuration load succeeded, 0 if the file on disk was rejected (the running configuration is older).",
+    )
+    .unwrap_or_else(|e| panic!("static metric definition is invalid: {e}"));
+    register(g)
+});
+
+/// Records the outcome of a configuration reload.
+pub(crate) fn config_reloaded(ok: bool) {
+    CONFIG_RELOADS
+        .with_label_values(&[if ok { "ok" } else { "error" }])
+        .inc();
+    CONFIG_LAST_OK.set(i64::from(ok));
+    if ok {
+        CONFIG_LAST_SUCCESS.set(unix_now());
+    }
+}
+
+fn unix_now() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    i64::try_from(now).unwrap_or(i64::MAX)
+}
+
 /// `edgepop_build_info{version}`
 pub(crate) static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
     gauge_vec(
@@ -174,13 +212,34 @@ pub(crate) fn method_class(method: &http::Method) -> &'static str {
     }
 }
 
-/// Sets the static gauges once at start-up.
+/// Sets the static gauges once at start-up (the configuration was just loaded) and registers the process
+/// collector.
 pub(crate) fn init() {
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    START_TIME.set(i64::try_from(now).unwrap_or(i64::MAX));
+    START_TIME.set(unix_now());
+    for result in ["ok", "error"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
+    }
+    CONFIG_LAST_OK.set(1);
+    CONFIG_LAST_SUCCESS.set(unix_now());
+    register_process_collector();
+}
+
+/// `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_virtual_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_start_time_seconds`, `process_threads`, read from `/proc/self` at each
+/// scrape. Registered once; pingora 0.9.1 registers no process collector of its own.
+fn register_process_collector() {
+    #[cfg(target_os = "linux")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            match prometheus::register(Box::new(pc)) {
+                Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+                Err(e) => tracing::warn!(error = %e, "process metrics not registered"),
+            }
+        });
+    }
 }

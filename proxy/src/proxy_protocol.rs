@@ -109,6 +109,13 @@ async fn read(
             Kind::V1 | Kind::V2 => {}
         }
         let result = HeaderResult::parse(&buf);
+        // A v1 header ends at the first CRLF: if it is there and the parser still wants more, it is malformed.
+        if matches!(classify(&buf), Kind::V1)
+            && result.is_incomplete()
+            && buf.windows(2).take(V1_MAX).any(|w| w == b"\r\n")
+        {
+            return Err(Refusal::Malformed);
+        }
         if result.is_incomplete() {
             if buf.len() >= V2_MAX || (buf[0] == b'P' && buf.len() >= V1_MAX) {
                 return Err(Refusal::Malformed);
@@ -184,6 +191,7 @@ fn v2_addr(a: &v2::Addresses) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt as _;
 
     #[test]
     fn classify_table() {
@@ -206,6 +214,104 @@ mod tests {
                 Kind::V2 => "v2",
             };
             assert_eq!(got, want, "input {input:?}");
+        }
+    }
+
+    /// Runs `read_header` on a real loopback connection that first sends `input`.
+    async fn parse(
+        input: &'static [u8],
+        mode: ProxyProtocol,
+    ) -> (Result<Option<SocketAddr>, Refusal>, Vec<u8>) {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(input).await.unwrap();
+            c.shutdown().await.unwrap();
+            // keep the socket open until the server is done reading
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let mut stream: L4Stream = tcp.into();
+        let nets = vec!["127.0.0.0/8".parse().unwrap()];
+        let result = read_header(&mut stream, peer, mode, &nets, Duration::from_secs(1)).await;
+        let mut rest = Vec::new();
+        if result.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_millis(300), stream.read_to_end(&mut rest))
+                .await;
+        }
+        client.await.unwrap();
+        (result, rest)
+    }
+
+    #[tokio::test]
+    async fn header_table() {
+        use ProxyProtocol::{Optional, Required};
+        let v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xcb\x00\x71\x07\x0a\x00\x00\x01\x15\xb3\x00\x50GET";
+        let cases: Vec<(
+            &'static [u8],
+            ProxyProtocol,
+            Result<Option<&str>, Refusal>,
+            &[u8],
+        )> = vec![
+            (
+                b"PROXY TCP4 198.51.100.9 10.0.0.1 4242 80\r\nGET /",
+                Required,
+                Ok(Some("198.51.100.9:4242")),
+                b"GET /",
+            ),
+            (
+                b"PROXY TCP6 2001:db8::1 2001:db8::2 4242 443\r\n",
+                Required,
+                Ok(Some("[2001:db8::1]:4242")),
+                b"",
+            ),
+            (b"PROXY UNKNOWN\r\nGET /", Required, Ok(None), b"GET /"),
+            (v2, Required, Ok(Some("203.0.113.7:5555")), b"GET"),
+            (
+                b"PROXY TCP4 not-an-ip\r\n\r\n",
+                Required,
+                Err(Refusal::Malformed),
+                b"",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n",
+                Required,
+                Err(Refusal::Malformed),
+                b"",
+            ),
+            (
+                b"GET / HTTP/1.1\r\n\r\n",
+                Required,
+                Err(Refusal::Missing),
+                b"",
+            ),
+            (
+                b"GET / HTTP/1.1\r\n\r\n",
+                Optional,
+                Ok(None),
+                b"GET / HTTP/1.1\r\n\r\n",
+            ),
+            (
+                b"POST / HTTP/1.1\r\n\r\n",
+                Optional,
+                Ok(None),
+                b"POST / HTTP/1.1\r\n\r\n",
+            ),
+            (b"PROXY TCP4 1.2.3.4", Required, Err(Refusal::Io), b""),
+        ];
+        for (input, mode, want, rest_want) in cases {
+            let (got, rest) = parse(input, mode).await;
+            let got = got.map(|a| a.map(|a| a.to_string()));
+            let want = want.map(|a| a.map(str::to_owned));
+            assert_eq!(got, want, "input {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                rest,
+                rest_want,
+                "bytes after the header for {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

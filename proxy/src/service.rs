@@ -21,10 +21,13 @@ use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheab
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::cache::{self, EdgeCache};
+use crate::compress::{self, Encoding};
+use crate::config::ForwardedFor;
 use crate::metrics;
 use crate::routes::strip_port;
 use crate::state::{self, SiteState, State};
 use crate::upstream::{self, UpstreamFailure};
+use pingora::protocols::http::compression::Encode;
 
 /// Per-request context.
 pub(crate) struct RequestCtx {
@@ -45,6 +48,12 @@ pub(crate) struct RequestCtx {
     /// The version the client spoke (the request header is rewritten to HTTP/1.1 for HTTP/2, see below).
     version: http::Version,
     cache_enabled: bool,
+    encoding: Encoding,
+    encoder: Option<Box<dyn Encode + Send + Sync>>,
+    /// Addresses of `addrs` this request tried (bit i = `addrs[i]`), so a retry moves on.
+    tried_mask: u64,
+    /// Consistent-hash key of the request (host, path and query), computed on first use.
+    balance_key: Option<u64>,
 }
 
 impl RequestCtx {
@@ -82,6 +91,10 @@ impl ProxyHttp for Edge {
             start: Instant::now(),
             version: http::Version::HTTP_11,
             cache_enabled: false,
+            encoding: Encoding::Identity,
+            encoder: None,
+            tried_mask: 0,
+            balance_key: None,
         }
     }
 
@@ -144,6 +157,42 @@ impl ProxyHttp for Edge {
             let status = ctx.state.http.unknown_host_status;
             return respond(session, status, "no site is configured for this host\n").await;
         }
+
+        // Header limits (nginx answers 400/414 here; RFC 6585's 431 is the precise status).
+        let req = session.req_header();
+        let http = &ctx.state.http;
+        if req.headers.len() > http.max_header_count {
+            return respond(session, 431, "too many request header fields\n").await;
+        }
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes as u64 > http.max_header_size {
+            return respond(session, 431, "request header fields too large\n").await;
+        }
+
+        if let Some(site) = ctx.site() {
+            let b = &site.behaviour;
+            if b.redirect_https && !ctx.tls {
+                let path = req.uri.path();
+                if !b
+                    .redirect_exceptions
+                    .iter()
+                    .any(|p| path.starts_with(p.as_str()))
+                {
+                    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                    let host = ctx.host.as_deref().unwrap_or("");
+                    let location = format!("https://{host}{target}");
+                    return redirect(session, &location).await;
+                }
+            }
+        }
+        ctx.encoding = compress::negotiate(
+            session.req_header().headers.get(header::ACCEPT_ENCODING),
+            &ctx.state.compression,
+        );
 
         let max = ctx.state.http.max_body_size;
         let declared = session
@@ -229,10 +278,10 @@ impl ProxyHttp for Edge {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        cache::variance(meta, req)
+        cache::variance(meta, req, ctx.encoding.token())
     }
 
     fn should_serve_stale(
@@ -248,59 +297,188 @@ impl ProxyHttp for Edge {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(site) = ctx.site() else {
             return Error::e_explain(ErrorType::InternalError, "no site selected");
         };
         let upstream = site.upstream.clone();
+        let name = upstream.config.name.as_str();
+        ctx.upstream_failure = None;
+        // The bound interface is known to be missing or down: fail now, with that reason, rather than on a
+        // pooled connection that can no longer reach the origin.
+        if let Some((iface, state)) = upstream.interface_unusable() {
+            ctx.upstream_failure = Some(UpstreamFailure::Interface);
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[UpstreamFailure::Interface.as_str()])
+                .inc();
+            tracing::error!(upstream = name, "{}; not connecting", iface.describe(state));
+            return Err(upstream::interface_error(iface, state));
+        }
         let addrs = match &ctx.addrs {
             Some(a) => a.clone(),
-            None => match upstream::resolve(&self.resolver, &upstream).await {
+            None => match upstream.resolve(&self.resolver).await {
                 Ok(a) => {
                     ctx.addrs = Some(a.clone());
                     a
                 }
                 Err(e) => {
                     ctx.upstream_failure = Some(UpstreamFailure::Dns);
-                    metrics::UPSTREAM_ERRORS.with_label_values(&["dns"]).inc();
-                    tracing::error!(upstream = %upstream.config.name, error = %e, "upstream name resolution failed");
+                    metrics::UPSTREAM_ERRORS
+                        .with_label_values(&[UpstreamFailure::Dns.as_str()])
+                        .inc();
+                    tracing::error!(upstream = name, error = %e, "upstream name resolution failed");
                     return Err(Error::explain(
                         ErrorType::ConnectProxyFailure,
-                        format!("upstream {}: {e}", upstream.config.name),
+                        format!("upstream {name}: {e}"),
                     )
                     .into_up());
                 }
             },
         };
-        // On a retry, move on to the next address rather than hammering the one that just failed.
-        let Some(addr) = upstream.pick(&addrs) else {
+        if ctx.balance_key.is_none()
+            && upstream.config.balance == crate::config::Balance::ConsistentHash
+        {
+            let host = ctx.host.as_deref().unwrap_or("");
+            let req = session.req_header();
+            let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            ctx.balance_key = Some(upstream::fnv1a(&[host.as_bytes(), pq.as_bytes()]));
+        }
+        // A retry moves on to an address this request has not tried; addresses marked down are skipped.
+        let Some((index, addr)) =
+            upstream.pick(&addrs, ctx.balance_key.unwrap_or(0), ctx.tried_mask)
+        else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "upstream has no addresses");
         };
-        ctx.tried += 1;
+        if index < 64 {
+            ctx.tried_mask |= 1 << index;
+        }
+        ctx.tried = ctx.tried.saturating_add(1);
         ctx.upstream_addr = Some(addr);
         ctx.upstream_start = Some(Instant::now());
-        Ok(Box::new(upstream::peer(addr, &upstream.config)))
+        Ok(Box::new(upstream.peer(addr)))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !reused
+            && let (Some(site), Some(addr)) = (ctx.site(), ctx.upstream_addr)
+            && site.upstream.health.record_success(&addr)
+        {
+            tracing::info!(upstream = %site.upstream.config.name, %addr, "upstream address is back");
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
         &self,
         session: &mut Session,
-        peer: &HttpPeer,
+        _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let failure = UpstreamFailure::classify(&e);
+        let mut failure = UpstreamFailure::classify(&e);
+        let Some(upstream) = ctx.site().map(|s| s.upstream.clone()) else {
+            return e;
+        };
+        let name = upstream.config.name.as_str();
+        let addr = ctx.upstream_addr;
+        let shown = addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        // A bound interface that vanished or went down surfaces as ENODEV or "network unreachable".
+        let mut iface_state = None;
+        if let Some(iface) = &upstream.interface
+            && matches!(
+                failure,
+                UpstreamFailure::Interface | UpstreamFailure::Unreachable
+            )
+        {
+            let (_, now) = iface.refresh();
+            if now != crate::health::IfState::Up || failure == UpstreamFailure::Interface {
+                failure = UpstreamFailure::Interface;
+                iface_state = Some(iface.describe(now));
+            }
+        }
         metrics::UPSTREAM_ERRORS
             .with_label_values(&[failure.as_str()])
             .inc();
         ctx.upstream_failure = Some(failure);
+        // Local causes (interface, source address) are not the address's fault.
+        if let Some(a) = addr
+            && !matches!(failure, UpstreamFailure::Interface | UpstreamFailure::Bind)
+            && upstream.health.record_failure(&a)
+        {
+            tracing::warn!(
+                upstream = name,
+                addr = %a,
+                max_fails = upstream.config.max_fails,
+                "upstream address marked down for {:?}",
+                upstream.config.fail_timeout
+            );
+        }
+        let what = match failure {
+            UpstreamFailure::Interface => iface_state
+                .as_deref()
+                .unwrap_or("the bound interface is not usable"),
+            UpstreamFailure::Bind => "cannot bind the configured source address",
+            UpstreamFailure::Refused => "origin refused the connection",
+            UpstreamFailure::Unreachable => "no route to the origin",
+            UpstreamFailure::Timeout => "connecting to the origin timed out",
+            UpstreamFailure::Tls => "TLS handshake with the origin failed",
+            UpstreamFailure::Reset => "the origin closed the connection",
+            UpstreamFailure::Dns | UpstreamFailure::Other => "connecting to the origin failed",
+        };
         let others = ctx.addrs.as_ref().map_or(0, |a| a.len());
         let idempotent = session.req_header().method.is_idempotent();
-        if idempotent && usize::from(ctx.tried) < others {
-            tracing::warn!(upstream = %peer, error = %e, "upstream connect failed; trying the next address");
+        // Every address goes through the same interface and source address: retrying cannot help.
+        let local = matches!(failure, UpstreamFailure::Interface | UpstreamFailure::Bind);
+        if idempotent && !local && usize::from(ctx.tried) < others {
+            tracing::warn!(upstream = name, addr = %shown, reason = failure.as_str(), error = %e, "{what}; trying the next address");
             e.set_retry(true);
+        } else {
+            tracing::error!(upstream = name, addr = %shown, reason = failure.as_str(), error = %e, "{what}");
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // pingora's default retry policy, plus passive health.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        // A fresh connection that broke or timed out counts against the address; a reused one that is retried
+        // was most likely closed by the origin's keepalive timeout.
+        if e.esource() == &ErrorSource::Upstream
+            && !(client_reused && e.retry())
+            && let (Some(site), Some(addr)) = (ctx.site(), ctx.upstream_addr)
+            && site.upstream.health.record_failure(&addr)
+        {
+            tracing::warn!(
+                upstream = %site.upstream.config.name,
+                %addr,
+                max_fails = site.upstream.config.max_fails,
+                "upstream address marked down for {:?}",
+                site.upstream.config.fail_timeout
+            );
         }
         e
     }
@@ -341,19 +519,58 @@ impl ProxyHttp for Edge {
         if let Some(ip) = ctx.client_ip {
             let ip = ip.to_string();
             // Append like nginx's $proxy_add_x_forwarded_for.
-            let xff = match session
-                .req_header()
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-                _ => ip.clone(),
+            let prev = match ctx.state.http.forwarded_for {
+                ForwardedFor::Append => session
+                    .req_header()
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty()),
+                ForwardedFor::Replace => None,
+            };
+            let xff = match prev {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.clone(),
             };
             upstream_request.insert_header("x-forwarded-for", xff)?;
             upstream_request.insert_header("x-real-ip", ip)?;
         }
+        if ctx.state.compression.enabled {
+            // Ask the origin for exactly what the client gets, so an encoded body passes through untouched.
+            match ctx.encoding {
+                Encoding::Identity => {
+                    upstream_request.remove_header(&header::ACCEPT_ENCODING);
+                }
+                enc => {
+                    upstream_request.insert_header(header::ACCEPT_ENCODING, enc.token())?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Before the cache stores it: compress once, so hits serve stored bytes.
+        ctx.encoder = compress::start(upstream_response, ctx.encoding, &ctx.state.compression);
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(encoder) = ctx.encoder.as_mut() {
+            compress::encode(encoder, body, end_of_stream)?;
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -373,6 +590,21 @@ impl ProxyHttp for Edge {
         }
         // `server_tokens off`, and more: the origin's Server header is not passed on (nginx's default too).
         upstream_response.remove_header(&header::SERVER);
+        if let Some(site) = ctx.site() {
+            let b = &site.behaviour;
+            for name in &b.remove_headers {
+                upstream_response.remove_header(name);
+            }
+            for (name, value) in &b.add_headers {
+                upstream_response.insert_header(name.clone(), value.clone())?;
+            }
+            if ctx.tls {
+                if let Some(hsts) = &b.hsts {
+                    upstream_response
+                        .insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -512,6 +744,19 @@ impl Edge {
             }
         });
     }
+}
+
+/// A permanent redirect that keeps the method (308).
+async fn redirect(session: &mut Session, location: &str) -> Result<bool> {
+    let body: &'static str = "moved to HTTPS\n";
+    let mut resp = ResponseHeader::build(308, Some(4))?;
+    resp.insert_header(header::LOCATION, location)?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    session
+        .write_error_response(resp, Bytes::from_static(body.as_bytes()))
+        .await?;
+    Ok(true)
 }
 
 /// Answers locally with a short text body; never forwards. Returns `Ok(true)` ("response sent") for filters.

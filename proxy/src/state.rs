@@ -1,14 +1,13 @@
 //! The part of the configuration that requests read: sites, upstreams, limits. Built once per (re)load and
 //! swapped atomically, so a request sees one consistent snapshot from start to end.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderValue;
 
-use crate::config::{Config, HttpConfig, SiteCache, Upstream};
+use crate::config::{CompressionConfig, Config, HttpConfig, SiteBehaviour, SiteCache};
 use crate::routes::Router;
+pub(crate) use crate::upstream::UpstreamState;
 
 /// One snapshot of the request-facing configuration.
 #[derive(Debug)]
@@ -16,6 +15,9 @@ pub(crate) struct State {
     pub(crate) router: Router,
     pub(crate) sites: Vec<SiteState>,
     pub(crate) http: HttpConfig,
+    pub(crate) compression: CompressionConfig,
+    /// Every upstream (the health service walks them; sites share them).
+    pub(crate) upstreams: Vec<Arc<UpstreamState>>,
 }
 
 /// A site, ready for the request path.
@@ -25,27 +27,7 @@ pub(crate) struct SiteState {
     pub(crate) label: Arc<str>,
     pub(crate) upstream: Arc<UpstreamState>,
     pub(crate) cache: SiteCache,
-}
-
-/// An upstream, ready for the request path.
-#[derive(Debug)]
-pub(crate) struct UpstreamState {
-    pub(crate) config: Arc<Upstream>,
-    /// Set when every server is an IP literal: the addresses, computed once.
-    pub(crate) fixed: Option<Arc<[SocketAddr]>>,
-    /// Round-robin position.
-    next: AtomicUsize,
-}
-
-impl UpstreamState {
-    /// Picks the next address round-robin among `addrs` (not empty).
-    pub(crate) fn pick(&self, addrs: &[SocketAddr]) -> Option<SocketAddr> {
-        if addrs.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(addrs[i % addrs.len()])
-    }
+    pub(crate) behaviour: SiteBehaviour,
 }
 
 impl State {
@@ -53,21 +35,7 @@ impl State {
         let upstreams: std::collections::BTreeMap<&str, Arc<UpstreamState>> = config
             .upstreams
             .iter()
-            .map(|(name, up)| {
-                (
-                    name.as_str(),
-                    Arc::new(UpstreamState {
-                        config: up.clone(),
-                        fixed: up
-                            .servers
-                            .iter()
-                            .map(|s| s.ip.map(|ip| SocketAddr::new(ip, s.port)))
-                            .collect::<Option<Vec<_>>>()
-                            .map(Arc::from),
-                        next: AtomicUsize::new(0),
-                    }),
-                )
-            })
+            .map(|(name, up)| (name.as_str(), Arc::new(UpstreamState::new(up.clone()))))
             .collect();
         let mut sites = Vec::with_capacity(config.sites.len());
         let mut names = Vec::with_capacity(config.sites.len());
@@ -84,6 +52,7 @@ impl State {
                     .map_or_else(|| Arc::from("-"), |n| Arc::from(n.as_str())),
                 upstream: upstream.clone(),
                 cache: site.cache.clone(),
+                behaviour: site.behaviour.clone(),
             });
         }
         let router = Router::new(names);
@@ -91,6 +60,8 @@ impl State {
             router,
             sites,
             http: config.http.clone(),
+            compression: config.compression.clone(),
+            upstreams: upstreams.into_values().collect(),
         }
     }
 }

@@ -2,4 +2,8 @@
 
 mod cache; // the response cache: RFC 9111 semantics, stale serving, persistence, purge
 mod deploy; // deploy/ files agree with deploy/edgepop.toml
+mod edge; // nginx parity: PROXY protocol, real IP, compression, limits, redirects, access log
+mod ops; // operations: reload, metrics, privileges
 mod proxy; // listeners, TLS, forwarding, errors, WebSocket, draining
+mod tls_reload; // certificates: live reload, torn rotations, readiness, policy
+mod upstream; // upstreams: DNS, balancing, health, tailnet binding, upstream TLS

@@ -325,7 +325,8 @@ async fn curl_speaks_h2_and_h1_through_edgepop() {
             "--resolve",
             &resolve,
             &url,
-        ]);
+        ])
+        .await;
         assert_eq!(code, 0, "curl {flag}: {err}");
         assert!(out.starts_with(want), "curl {flag}: {out}");
         assert!(out.contains("hello from origin"));
@@ -341,7 +342,8 @@ async fn curl_speaks_h2_and_h1_through_edgepop() {
         "--resolve",
         &resolve,
         &url,
-    ]);
+    ])
+    .await;
     assert_ne!(code, 0, "a TLS 1.1 handshake must fail");
 }
 

@@ -68,19 +68,54 @@ pub fn edgepop_bin() -> PathBuf {
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
         let bin = profile_dir.join("edgepop");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // Always ask cargo: a no-op when fresh, and never a stale binary from an earlier build.
-        let status = Command::new(cargo)
-            .args(["build", "-p", "edgepop", "--bin", "edgepop"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::null())
-            .status()
-            .expect("running cargo build for the edgepop binary");
-        assert!(status.success(), "building edgepop failed");
+        // `cargo test --workspace` has just built it (the proxy crate's own tests need it). Rebuild only when a
+        // source file is newer: a separate `cargo build` resolves features differently and would rebuild
+        // pingora and rustls.
+        if !bin_is_fresh(&bin) {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "edgepop", "--bin", "edgepop"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stdout(Stdio::null())
+                .status()
+                .expect("running cargo build for the edgepop binary");
+            assert!(status.success(), "building edgepop failed");
+        }
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
     })
     .clone()
+}
+
+/// Whether `bin` is newer than every source file of the crates it is built from.
+fn bin_is_fresh(bin: &Path) -> bool {
+    fn newest(dir: &Path, acc: &mut std::time::SystemTime) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                newest(&path, acc);
+            } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                *acc = (*acc).max(m);
+            }
+        }
+    }
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut latest = std::time::SystemTime::UNIX_EPOCH;
+    for krate in ["proxy", "cache", "certs", "resolver"] {
+        newest(&root.join(krate).join("src"), &mut latest);
+        if let Ok(m) =
+            std::fs::metadata(root.join(krate).join("Cargo.toml")).and_then(|m| m.modified())
+        {
+            latest = latest.max(m);
+        }
+    }
+    built >= latest
 }
 
 /// A running edgepop process.
@@ -230,6 +265,9 @@ impl EdgepopBuilder {
                 ports["admin"]
             );
         }
+        if nix::unistd::geteuid().is_root() {
+            text = allow_root(&text);
+        }
         let config_path = root.join("edgepop.toml");
         std::fs::write(&config_path, &text).unwrap();
         let mut child = Command::new(edgepop_bin())
@@ -305,6 +343,33 @@ impl Drop for Edgepop {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Run as root (CI containers), edgepop refuses to start unless the configuration says so: add
+/// `server.allow-root = true`, except to configurations that decide themselves (`user` or `allow-root` set).
+fn allow_root(text: &str) -> String {
+    let decides = |l: &str| {
+        let l = l.trim_start();
+        l.starts_with("allow-root") || l.starts_with("user ") || l.starts_with("user=")
+    };
+    if text.lines().any(decides) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut done = false;
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !done && line.trim() == "[server]" {
+            out.push_str("allow-root = true\n");
+            done = true;
+        }
+    }
+    if done {
+        out
+    } else {
+        format!("[server]\nallow-root = true\n{out}")
     }
 }
 
@@ -548,6 +613,10 @@ impl Origin {
             .insert("content-type", "text/plain".parse().unwrap());
         resp.headers_mut()
             .insert("server", "origin-server/1.0".parse().unwrap());
+        if let Some(ct) = params.get("ct") {
+            resp.headers_mut()
+                .insert("content-type", ct.replace("%2F", "/").parse().unwrap());
+        }
         if let Some(cc) = params.get("cc") {
             resp.headers_mut()
                 .insert("cache-control", cc.parse().unwrap());
@@ -847,9 +916,14 @@ pub fn have_curl() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Runs curl with `args`, returning (exit code, stdout, stderr).
-pub fn curl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("curl").args(args).output().unwrap();
+/// Runs curl with `args`, returning (exit code, stdout, stderr). Async: the test's runtime keeps serving the
+/// in-process origin while curl runs.
+pub async fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

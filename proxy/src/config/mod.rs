@@ -129,9 +129,41 @@ pub struct DnsConfig {
     pub serve_stale: Duration,
 }
 
+/// How `X-Forwarded-For` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// Existing value, then the client address.
+    Append,
+    /// Only the client address.
+    Replace,
+}
+
+/// Response compression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressionConfig {
+    /// On or off.
+    pub enabled: bool,
+    /// gzip level.
+    pub gzip_level: u32,
+    /// brotli quality (0 = off).
+    pub brotli_level: u32,
+    /// zstd level (0 = off).
+    pub zstd_level: u32,
+    /// Minimum Content-Length.
+    pub min_length: u64,
+    /// Compressible MIME types (lowercase; a trailing `*` matches a prefix).
+    pub types: Vec<String>,
+}
+
 /// Client-facing HTTP settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {
+    /// Header block limit (bytes).
+    pub max_header_size: u64,
+    /// Header count limit.
+    pub max_header_count: usize,
+    /// X-Forwarded-For mode.
+    pub forwarded_for: ForwardedFor,
     /// Request body limit in bytes.
     pub max_body_size: u64,
     /// 421 or 404.
@@ -197,6 +229,26 @@ pub struct Upstream {
     pub send_timeout: Duration,
     /// Pooled connection idle timeout.
     pub keepalive_timeout: Duration,
+    /// How a request picks among the resolved addresses.
+    pub balance: Balance,
+    /// Interface outgoing connections are bound to (SO_BINDTODEVICE).
+    pub bind_interface: Option<String>,
+    /// Source address of outgoing connections.
+    pub bind_address: Option<IpAddr>,
+    /// HTTPS to the origin.
+    pub tls: bool,
+    /// Server name sent and verified with `tls` (empty without `tls`).
+    pub sni: String,
+    /// CA file trusted for the origin with `tls` (`None`: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// The certificates of `ca_file`, DER, read when the configuration was validated.
+    pub ca_certs: Vec<Vec<u8>>,
+    /// Failures within `fail_timeout` that take an address out (0: never).
+    pub max_fails: u32,
+    /// The failure window, and how long a failed address is skipped.
+    pub fail_timeout: Duration,
+    /// Active health checks.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// One piece of a cache key template.
@@ -229,9 +281,26 @@ pub struct SiteCache {
     pub grace: Duration,
 }
 
+/// Per-site response behaviour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteBehaviour {
+    /// 308 plain HTTP to HTTPS.
+    pub redirect_https: bool,
+    /// Paths exempt from the redirect.
+    pub redirect_exceptions: Vec<String>,
+    /// HSTS value for HTTPS responses.
+    pub hsts: Option<http::HeaderValue>,
+    /// Headers set on responses.
+    pub add_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Headers removed from responses.
+    pub remove_headers: Vec<http::HeaderName>,
+}
+
 /// A site: host names and where their requests go.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {
+    /// Redirects and headers.
+    pub behaviour: SiteBehaviour,
     /// Host names (lowercase; wildcards as `*.example.com`).
     pub names: Vec<String>,
     /// The upstream's name (validated to exist).
@@ -277,12 +346,20 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Upstream keepalive pool size.
     pub upstream_keepalive_pool: usize,
+    /// User to switch to after binding when started as root (name or uid).
+    pub user: Option<String>,
+    /// Group to switch to with `user` (name or gid); `None` = the user's primary group.
+    pub group: Option<String>,
+    /// Keep running as root when started as root without `user`.
+    pub allow_root: bool,
     /// Admin listener address (`None` = disabled).
     pub admin_address: Option<SocketAddr>,
     /// Bearer token file for purge.
     pub admin_token_file: Option<PathBuf>,
     /// The cache (`None` = no caching).
     pub cache: Option<CacheConfig>,
+    /// Compression.
+    pub compression: CompressionConfig,
     /// Public listeners.
     pub listeners: Vec<Listener>,
     /// TLS.
@@ -436,6 +513,7 @@ impl Validator<'_> {
             );
         }
         let drain_timeout = self.duration(&raw.server.drain_timeout, "server.drain-timeout");
+        let (user, group) = self.run_as(&raw.server);
 
         let admin_address = raw.admin.address.as_ref().and_then(|a| {
             if a.get_ref().is_empty() || a.get_ref() == "off" {
@@ -451,6 +529,7 @@ impl Validator<'_> {
         let access_log = self.access_log(&raw.access_log);
         let upstreams = self.upstreams(&raw.upstreams);
         let cache = raw.cache.as_ref().map(|c| self.cache(c));
+        let compression = self.compression(&raw.compression);
         let sites = self.sites(&raw.sites, &upstreams, cache.is_some());
         let admin_token_file = raw
             .admin
@@ -475,9 +554,13 @@ impl Validator<'_> {
             threads,
             drain_timeout,
             upstream_keepalive_pool: raw.server.upstream_keepalive_pool,
+            user,
+            group,
+            allow_root: raw.server.allow_root,
             admin_address,
             admin_token_file,
             cache,
+            compression,
             listeners,
             tls,
             dns,
@@ -486,6 +569,35 @@ impl Validator<'_> {
             upstreams,
             sites,
         }
+    }
+
+    /// `server.user` and `server.group`: a name or a numeric id each; whether they exist is checked at start-up,
+    /// where it matters (a build machine need not have the production user).
+    fn run_as(&mut self, raw: &raw::RawServer) -> (Option<String>, Option<String>) {
+        let mut account = |value: &Option<Spanned<String>>, key: &str| {
+            let v = value.as_ref()?;
+            let name = v.get_ref().trim();
+            let ok = !name.is_empty()
+                && name.len() <= 32
+                && !name.starts_with('-')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("{name:?} is not a user or group name, nor a numeric id"),
+                );
+            }
+            Some(name.to_owned())
+        };
+        let user = account(&raw.user, "server.user");
+        let group = account(&raw.group, "server.group");
+        if let (None, Some(g)) = (&user, &raw.group) {
+            self.error(g.span(), "server.group", "is set without server.user");
+        }
+        (user, group)
     }
 
     fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
@@ -679,7 +791,22 @@ impl Validator<'_> {
                 "must be 421 or 404",
             );
         }
+        let forwarded_for = match raw.forwarded_for.get_ref().as_str() {
+            "append" => ForwardedFor::Append,
+            "replace" => ForwardedFor::Replace,
+            other => {
+                self.error(
+                    raw.forwarded_for.span(),
+                    "http.forwarded-for",
+                    format!("unknown mode {other:?}; expected \"append\" or \"replace\""),
+                );
+                ForwardedFor::Append
+            }
+        };
         HttpConfig {
+            max_header_size: self.size(&raw.max_header_size, "http.max-header-size"),
+            max_header_count: raw.max_header_count,
+            forwarded_for,
             max_body_size: self.size(&raw.max_body_size, "http.max-body-size"),
             unknown_host_status: status,
             keepalive_timeout: self.duration(&raw.keepalive_timeout, "http.keepalive-timeout"),
@@ -741,21 +868,119 @@ impl Validator<'_> {
                     }
                     d
                 };
+            let connect_timeout = timeout(&up_ref.connect_timeout, "connect-timeout", three);
+            let read_timeout = timeout(&up_ref.read_timeout, "read-timeout", three);
+            let send_timeout = timeout(&up_ref.send_timeout, "send-timeout", three);
+            let keepalive_timeout = timeout(
+                &up_ref.keepalive_timeout,
+                "keepalive-timeout",
+                Duration::from_secs(60),
+            );
+            let extra = self.upstream_extra(&key, up_ref, &servers);
             let upstream = Upstream {
                 name: name.clone(),
                 servers,
-                connect_timeout: timeout(&up_ref.connect_timeout, "connect-timeout", three),
-                read_timeout: timeout(&up_ref.read_timeout, "read-timeout", three),
-                send_timeout: timeout(&up_ref.send_timeout, "send-timeout", three),
-                keepalive_timeout: timeout(
-                    &up_ref.keepalive_timeout,
-                    "keepalive-timeout",
-                    Duration::from_secs(60),
-                ),
+                connect_timeout,
+                read_timeout,
+                send_timeout,
+                keepalive_timeout,
+                balance: extra.balance,
+                bind_interface: extra.bind_interface,
+                bind_address: extra.bind_address,
+                tls: up_ref.tls,
+                sni: extra.sni,
+                ca_file: extra.ca_file,
+                ca_certs: extra.ca_certs,
+                max_fails: extra.max_fails,
+                fail_timeout: extra.fail_timeout,
+                health_check: extra.health_check,
             };
             out.insert(name.clone(), Arc::new(upstream));
         }
         out
+    }
+
+    fn compression(&mut self, raw: &raw::RawCompression) -> CompressionConfig {
+        for (value, max, key) in [
+            (raw.gzip_level, 9, "compression.gzip-level"),
+            (raw.brotli_level, 11, "compression.brotli-level"),
+            (raw.zstd_level, 19, "compression.zstd-level"),
+        ] {
+            if value > max {
+                self.error(0..0, key, format!("{value} is above the maximum {max}"));
+            }
+        }
+        if raw.gzip_level == 0 {
+            self.error(
+                0..0,
+                "compression.gzip-level",
+                "must be 1-9 (disable compression with enabled = false)",
+            );
+        }
+        CompressionConfig {
+            enabled: raw.enabled,
+            gzip_level: raw.gzip_level,
+            brotli_level: raw.brotli_level,
+            zstd_level: raw.zstd_level,
+            min_length: raw.min_length,
+            types: raw
+                .types
+                .iter()
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    fn behaviour(&mut self, s: &raw::RawSite, key: &str) -> SiteBehaviour {
+        let hsts = s
+            .hsts
+            .as_ref()
+            .and_then(|h| match http::HeaderValue::from_str(h.get_ref()) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    self.error(
+                        h.span(),
+                        format!("{key}.hsts"),
+                        "is not a valid header value",
+                    );
+                    None
+                }
+            });
+        let mut add_headers = Vec::new();
+        for (name, value) in &s.add_headers {
+            match (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                (Ok(n), Ok(v)) => add_headers.push((n, v)),
+                _ => self.error(
+                    0..0,
+                    format!("{key}.add-headers.{name}"),
+                    "is not a valid header",
+                ),
+            }
+        }
+        let mut remove_headers = Vec::new();
+        for name in &s.remove_headers {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => remove_headers.push(n),
+                Err(_) => self.error(
+                    0..0,
+                    format!("{key}.remove-headers"),
+                    format!("{name:?} is not a header name"),
+                ),
+            }
+        }
+        SiteBehaviour {
+            redirect_https: s.redirect_https,
+            redirect_exceptions: s
+                .redirect_exceptions
+                .clone()
+                .unwrap_or_else(|| vec!["/.well-known/acme-challenge/".to_owned()]),
+            hsts,
+            add_headers,
+            remove_headers,
+        }
     }
 
     fn cache(&mut self, raw: &raw::RawCache) -> CacheConfig {
@@ -875,6 +1100,7 @@ impl Validator<'_> {
                 );
             }
             out.push(Site {
+                behaviour: self.behaviour(s, &key),
                 names,
                 upstream: s.upstream.get_ref().clone(),
                 cache,
@@ -991,3 +1217,312 @@ fn check_host_pattern(name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+/// How a request picks among an upstream's resolved addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Each request takes the next address.
+    RoundRobin,
+    /// Rendezvous hashing of the request's host, path and query: one URL keeps going to the same address while
+    /// the set of healthy addresses is unchanged, and only the URLs of an address that leaves move.
+    ConsistentHash,
+}
+
+/// `[upstream.NAME.health-check]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Path and query requested with GET.
+    pub path: String,
+    /// Host header.
+    pub host: String,
+    /// Time between two checks of each address.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Passing statuses, as inclusive ranges.
+    pub expect_status: Vec<std::ops::RangeInclusive<u16>>,
+}
+
+/// The upstream keys of issue 5 (balancing, binding, TLS, health), validated.
+struct UpstreamExtra {
+    balance: Balance,
+    bind_interface: Option<String>,
+    bind_address: Option<IpAddr>,
+    sni: String,
+    ca_file: Option<PathBuf>,
+    ca_certs: Vec<Vec<u8>>,
+    max_fails: u32,
+    fail_timeout: Duration,
+    health_check: Option<HealthCheck>,
+}
+
+impl Validator<'_> {
+    fn upstream_extra(
+        &mut self,
+        key: &str,
+        raw: &raw::RawUpstream,
+        servers: &[ServerAddr],
+    ) -> UpstreamExtra {
+        let balance = match raw.balance.as_ref().map(|b| (b.get_ref().trim(), b.span())) {
+            None | Some(("round-robin", _)) => Balance::RoundRobin,
+            Some(("consistent-hash", _)) => Balance::ConsistentHash,
+            Some((other, span)) => {
+                self.error(
+                    span,
+                    format!("{key}.balance"),
+                    format!(
+                        "unknown policy {other:?}; expected \"round-robin\" or \"consistent-hash\""
+                    ),
+                );
+                Balance::RoundRobin
+            }
+        };
+
+        let bind_interface = raw.bind_interface.as_ref().and_then(|i| {
+            let name = i.get_ref().trim();
+            match check_interface_name(name) {
+                Ok(()) => Some(name.to_owned()),
+                Err(msg) => {
+                    self.error(i.span(), format!("{key}.bind-interface"), msg);
+                    None
+                }
+            }
+        });
+
+        let bind_address = raw.bind_address.as_ref().and_then(|a| {
+            let text = a.get_ref().trim();
+            let Ok(ip) = text.parse::<IpAddr>() else {
+                self.error(
+                    a.span(),
+                    format!("{key}.bind-address"),
+                    format!(
+                        "invalid address {text:?}; expected an IP such as \"100.64.0.5\" (no port)"
+                    ),
+                );
+                return None;
+            };
+            if let Some((i, s)) = servers
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.ip.is_some_and(|sip| sip.is_ipv4() != ip.is_ipv4()))
+            {
+                self.error(
+                    a.span(),
+                    format!("{key}.bind-address"),
+                    format!("{ip} cannot reach servers[{i}] {s}: the address families differ"),
+                );
+            }
+            Some(ip)
+        });
+
+        let first_host = servers.first().map(|s| s.host.clone()).unwrap_or_default();
+        let sni = match &raw.sni {
+            Some(sni) => {
+                let name = sni
+                    .get_ref()
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                    self.error(
+                        sni.span(),
+                        format!("{key}.sni"),
+                        format!("{name:?} is not a valid server name"),
+                    );
+                }
+                name
+            }
+            None => first_host.clone(),
+        };
+        for (set, what) in [
+            (raw.sni.as_ref().map(Spanned::span), "sni"),
+            (raw.ca_file.as_ref().map(Spanned::span), "ca-file"),
+        ] {
+            if let (Some(span), false) = (set, raw.tls) {
+                self.error(span, format!("{key}.{what}"), "is set but tls is not true");
+            }
+        }
+        let (ca_file, ca_certs) = match &raw.ca_file {
+            None => (None, Vec::new()),
+            Some(f) => {
+                let path = self.path(f.get_ref().trim());
+                match read_ca_file(&path) {
+                    Ok(certs) => (Some(path), certs),
+                    Err(msg) => {
+                        self.error(f.span(), format!("{key}.ca-file"), msg);
+                        (Some(path), Vec::new())
+                    }
+                }
+            }
+        };
+
+        let max_fails = raw.max_fails.as_ref().map_or(3, |m| *m.get_ref());
+        let fail_timeout = match &raw.fail_timeout {
+            None => Duration::from_secs(10),
+            Some(t) => {
+                let before = self.errors.len();
+                let d = self.duration(t, &format!("{key}.fail-timeout"));
+                if d.is_zero() && self.errors.len() == before && max_fails > 0 {
+                    self.error(
+                        t.span(),
+                        format!("{key}.fail-timeout"),
+                        "must be more than zero (disable passive health with max-fails = 0)",
+                    );
+                }
+                d
+            }
+        };
+
+        let health_check = raw.health_check.as_ref().map(|hc| {
+            let default_host = if raw.tls { sni.clone() } else { first_host };
+            self.health_check(&format!("{key}.health-check"), hc.get_ref(), default_host)
+        });
+
+        UpstreamExtra {
+            balance,
+            bind_interface,
+            bind_address,
+            sni: if raw.tls { sni } else { String::new() },
+            ca_file,
+            ca_certs,
+            max_fails,
+            fail_timeout,
+            health_check,
+        }
+    }
+
+    fn health_check(
+        &mut self,
+        key: &str,
+        raw: &raw::RawHealthCheck,
+        default_host: String,
+    ) -> HealthCheck {
+        let path = match &raw.path {
+            None => "/".to_owned(),
+            Some(p) => {
+                let text = p.get_ref().trim();
+                if !text.starts_with('/') || text.parse::<http::uri::PathAndQuery>().is_err() {
+                    self.error(
+                        p.span(),
+                        format!("{key}.path"),
+                        format!("{text:?} is not a request path; expected e.g. \"/healthz\""),
+                    );
+                }
+                text.to_owned()
+            }
+        };
+        let host = match &raw.host {
+            None => default_host,
+            Some(h) => {
+                let text = h.get_ref().trim();
+                if text.is_empty() || http::HeaderValue::from_str(text).is_err() {
+                    self.error(
+                        h.span(),
+                        format!("{key}.host"),
+                        format!("{text:?} is not a valid Host header"),
+                    );
+                }
+                text.to_owned()
+            }
+        };
+        let mut positive = |v: &Option<Spanned<String>>, k: &str, default: Duration| {
+            let Some(v) = v else { return default };
+            let before = self.errors.len();
+            let d = self.duration(v, &format!("{key}.{k}"));
+            if d.is_zero() && self.errors.len() == before {
+                self.error(v.span(), format!("{key}.{k}"), "must be more than zero");
+            }
+            d
+        };
+        let interval = positive(&raw.interval, "interval", Duration::from_secs(5));
+        let timeout = positive(&raw.timeout, "timeout", Duration::from_secs(2));
+        let expect_status = match &raw.expect_status {
+            None => vec![200..=399],
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    self.error(
+                        list.span(),
+                        format!("{key}.expect-status"),
+                        "needs at least one status or class",
+                    );
+                }
+                let mut out = Vec::new();
+                for (i, s) in list.get_ref().iter().enumerate() {
+                    match parse_status(s.get_ref()) {
+                        Ok(r) => out.push(r),
+                        Err(msg) => {
+                            self.error(s.span(), format!("{key}.expect-status[{i}]"), msg);
+                        }
+                    }
+                }
+                out
+            }
+        };
+        HealthCheck {
+            path,
+            host,
+            interval,
+            timeout,
+            expect_status,
+        }
+    }
+}
+
+/// A Linux interface name: 1 to 15 bytes, no '/', no whitespace, not "." or "..".
+fn check_interface_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+        ))
+    }
+}
+
+/// `200`, `"200"` or a class `"2xx"`.
+fn parse_status(raw: &raw::RawStatus) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let code = match raw {
+        raw::RawStatus::Code(c) => *c,
+        raw::RawStatus::Text(t) => {
+            let t = t.trim().to_ascii_lowercase();
+            if let Some(class) = t.strip_suffix("xx").and_then(|d| d.parse::<u16>().ok())
+                && (1..=5).contains(&class)
+            {
+                return Ok(class * 100..=class * 100 + 99);
+            }
+            t.parse::<u16>()
+                .map_err(|_| format!("{t:?} is not a status; expected e.g. 200 or \"2xx\""))?
+        }
+    };
+    if (100..=599).contains(&code) {
+        Ok(code..=code)
+    } else {
+        Err(format!("{code} is not an HTTP status (100-599)"))
+    }
+}
+
+/// Reads a PEM file of CA certificates, checking each parses.
+fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let shown = path.display();
+    let iter =
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut certs = Vec::new();
+    for cert in iter {
+        let cert = cert.map_err(|e| format!("{shown}: invalid PEM: {e}"))?;
+        certs.push(cert.as_ref().to_vec());
+    }
+    if certs.is_empty() {
+        return Err(format!("{shown} holds no CERTIFICATE block"));
+    }
+    crate::upstream::parse_ca(&certs).map_err(|e| format!("{shown}: {e}"))?;
+    Ok(certs)
+}

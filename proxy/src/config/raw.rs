@@ -34,6 +34,9 @@ pub(crate) struct RawConfig {
     /// The access log.
     #[serde(default)]
     pub(crate) access_log: RawAccessLog,
+    /// Response compression (nginx `gzip`).
+    #[serde(default)]
+    pub(crate) compression: RawCompression,
     /// The response cache (`proxy_cache_path`). Absent: nothing is cached.
     #[serde(default)]
     pub(crate) cache: Option<RawCache>,
@@ -55,6 +58,13 @@ pub(crate) struct RawServer {
     pub(crate) drain_timeout: Spanned<String>,
     /// Idle upstream connections kept per process (pingora's keepalive pool). Default 128.
     pub(crate) upstream_keepalive_pool: usize,
+    /// When started as root: the user (name or numeric uid) to switch to once the listeners are bound.
+    /// Default: none.
+    pub(crate) user: Option<Spanned<String>>,
+    /// The group (name or numeric gid) to switch to with `user`. Default: the user's primary group.
+    pub(crate) group: Option<Spanned<String>>,
+    /// Keep running as root when started as root without `user`. Default false: edgepop refuses to start.
+    pub(crate) allow_root: bool,
 }
 
 impl Default for RawServer {
@@ -63,6 +73,9 @@ impl Default for RawServer {
             threads: Spanned::new(0..0, 1),
             drain_timeout: Spanned::new(0..0, "10s".to_owned()),
             upstream_keepalive_pool: 128,
+            user: None,
+            group: None,
+            allow_root: false,
         }
     }
 }
@@ -83,6 +96,55 @@ impl Default for RawAdmin {
         Self {
             address: Some(Spanned::new(0..0, "127.0.0.1:9901".to_owned())),
             token_file: None,
+        }
+    }
+}
+
+/// `[compression]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(crate) struct RawCompression {
+    /// Compress responses for clients that accept it. Default true.
+    pub(crate) enabled: bool,
+    /// gzip level 1-9. Default 5 (nginx `gzip_comp_level 5`).
+    pub(crate) gzip_level: u32,
+    /// Brotli quality 0-11; 0 disables brotli. Default 5.
+    pub(crate) brotli_level: u32,
+    /// zstd level 1-19; 0 disables zstd. Default 3.
+    pub(crate) zstd_level: u32,
+    /// Smallest body compressed (by Content-Length). Default 256 (nginx `gzip_min_length 256`).
+    pub(crate) min_length: u64,
+    /// MIME types compressed (nginx `gzip_types`); `text/*` style prefixes allowed.
+    pub(crate) types: Vec<String>,
+}
+
+impl Default for RawCompression {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            gzip_level: 5,
+            brotli_level: 5,
+            zstd_level: 3,
+            min_length: 256,
+            types: [
+                "text/html",
+                "text/plain",
+                "text/css",
+                "text/xml",
+                "text/javascript",
+                "application/javascript",
+                "application/json",
+                "application/xml",
+                "application/rss+xml",
+                "application/atom+xml",
+                "application/manifest+json",
+                "application/wasm",
+                "image/svg+xml",
+                "font/ttf",
+                "font/otf",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }
     }
 }
@@ -237,11 +299,22 @@ pub(crate) struct RawHttp {
     pub(crate) keepalive_timeout: Spanned<String>,
     /// Allow HTTP/2 on TLS listeners (ALPN h2). Default true.
     pub(crate) http2: bool,
+    /// Largest request header block (all names and values); larger gets 431. Default "32KiB" (nginx's
+    /// `large_client_header_buffers 4 8k`).
+    pub(crate) max_header_size: Spanned<RawSize>,
+    /// Most request header fields; more gets 431. Default 100.
+    pub(crate) max_header_count: usize,
+    /// `X-Forwarded-For`: "append" the client address to what a trusted client sent (nginx
+    /// `$proxy_add_x_forwarded_for`, default) or "replace" it.
+    pub(crate) forwarded_for: Spanned<String>,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         Self {
+            max_header_size: Spanned::new(0..0, RawSize::Text("32KiB".to_owned())),
+            max_header_count: 100,
+            forwarded_for: Spanned::new(0..0, "append".to_owned()),
             max_body_size: Spanned::new(0..0, RawSize::Text("10MiB".to_owned())),
             unknown_host_status: Spanned::new(0..0, 421),
             keepalive_timeout: Spanned::new(0..0, "75s".to_owned()),
@@ -297,6 +370,67 @@ pub(crate) struct RawUpstream {
     /// How long an idle pooled upstream connection is kept. Default "60s".
     #[serde(default)]
     pub(crate) keepalive_timeout: Option<Spanned<String>>,
+    /// How a request picks among the resolved addresses: "round-robin" (default) or "consistent-hash" (by host
+    /// plus path and query, so one URL keeps going to the same address while the set is unchanged).
+    #[serde(default)]
+    pub(crate) balance: Option<Spanned<String>>,
+    /// Network interface outgoing connections are bound to (SO_BINDTODEVICE), e.g. "tailscale0". Default: none.
+    #[serde(default)]
+    pub(crate) bind_interface: Option<Spanned<String>>,
+    /// Source IP address of outgoing connections (port chosen by the kernel). Default: none.
+    #[serde(default)]
+    pub(crate) bind_address: Option<Spanned<String>>,
+    /// Speak HTTPS to the origin, verifying its certificate. Default false.
+    #[serde(default)]
+    pub(crate) tls: bool,
+    /// Server name sent (SNI) and verified with `tls`. Default: the host of the first entry of `servers`.
+    #[serde(default)]
+    pub(crate) sni: Option<Spanned<String>>,
+    /// PEM file of the CAs trusted for the origin's certificate with `tls`. Default: the system's roots.
+    #[serde(default)]
+    pub(crate) ca_file: Option<Spanned<String>>,
+    /// Failed attempts within `fail-timeout` after which an address is skipped for `fail-timeout` (nginx
+    /// `max_fails`). Default 3; 0 disables passive health.
+    #[serde(default)]
+    pub(crate) max_fails: Option<Spanned<u32>>,
+    /// The window for `max-fails`, and how long a failed address is then skipped (nginx `fail_timeout`).
+    /// Default "10s".
+    #[serde(default)]
+    pub(crate) fail_timeout: Option<Spanned<String>>,
+    /// Active HTTP health checks (`[upstream.NAME.health-check]`). Default: none.
+    #[serde(default)]
+    pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+/// `[upstream.NAME.health-check]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawHealthCheck {
+    /// Path (and query) requested with GET. Default "/".
+    #[serde(default)]
+    pub(crate) path: Option<Spanned<String>>,
+    /// Host header of the check. Default: `sni` when set, else the host of the first entry of `servers`.
+    #[serde(default)]
+    pub(crate) host: Option<Spanned<String>>,
+    /// Time between two checks of each address. Default "5s".
+    #[serde(default)]
+    pub(crate) interval: Option<Spanned<String>>,
+    /// Time a check may take (connect, TLS, response header and body). Default "2s".
+    #[serde(default)]
+    pub(crate) timeout: Option<Spanned<String>>,
+    /// Statuses that pass: codes (200) or classes ("2xx"). Default ["2xx", "3xx"].
+    #[serde(default)]
+    pub(crate) expect_status: Option<Spanned<Vec<Spanned<RawStatus>>>>,
+}
+
+/// An expected status: `200` or `"2xx"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawStatus {
+    /// One code.
+    Code(u16),
+    /// A class such as "2xx", or a code as a string.
+    Text(String),
 }
 
 /// `[[site]]`
@@ -322,4 +456,19 @@ pub(crate) struct RawSite {
     /// (nginx `proxy_cache_use_stale error timeout http_5xx`). Default "1d"; "0s" disables.
     #[serde(default)]
     pub(crate) cache_grace: Option<Spanned<String>>,
+    /// Answer plain-HTTP requests with a 308 to the same URL over HTTPS. Default false.
+    #[serde(default)]
+    pub(crate) redirect_https: bool,
+    /// Path prefixes exempt from `redirect-https` (proxied as usual). Default ["/.well-known/acme-challenge/"].
+    #[serde(default)]
+    pub(crate) redirect_exceptions: Option<Vec<String>>,
+    /// `Strict-Transport-Security` value added to HTTPS responses, e.g. "max-age=63072000". Default none.
+    #[serde(default)]
+    pub(crate) hsts: Option<Spanned<String>>,
+    /// Response headers to set (replacing the origin's), e.g. { "X-Frame-Options" = "DENY" }.
+    #[serde(default)]
+    pub(crate) add_headers: BTreeMap<String, String>,
+    /// Response headers to remove, e.g. ["X-Powered-By"].
+    #[serde(default)]
+    pub(crate) remove_headers: Vec<String>,
 }
