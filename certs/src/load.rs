@@ -273,6 +273,19 @@ fn key_algorithm(alg: SignatureAlgorithm, bits: usize) -> &'static str {
     }
 }
 
+/// Whether the file's last line is the start of a PEM marker, e.g. `-----BEG`: a file cut just
+/// after a complete block. The PEM parser skips such text, so without this check a chain truncated
+/// there would load with its intermediates silently missing.
+fn ends_in_partial_marker(bytes: &[u8]) -> bool {
+    let trimmed = bytes.trim_ascii_end();
+    let last = trimmed
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .unwrap_or(trimmed)
+        .trim_ascii();
+    last.starts_with(b"-") && !last.starts_with(b"-----END ")
+}
+
 /// Validate a read pair for `domain` at time `now`.
 ///
 /// Hard failures are errors; an expired leaf is returned as `Ok` with `summary.expired` set, and
@@ -298,6 +311,12 @@ pub(crate) fn parse_pair(
             path: chain_path.clone(),
             reason: pem_reason(&e),
         })?);
+    }
+    if ends_in_partial_marker(&chain_bytes) {
+        return Err(CertError::Pem {
+            path: chain_path,
+            reason: "incomplete BEGIN line (truncated file?)",
+        });
     }
     let Some(leaf_der) = chain.first() else {
         return Err(CertError::NoCertificate { path: chain_path });

@@ -765,11 +765,17 @@ mod tests {
         let store = CertStore::new(settings(tmp.path()));
         assert!(store.reload().is_ok());
         let truncated = &good.chain_pem[..good.chain_pem.len() / 3];
+        // Cut after the leaf: inside the CA's base64, and inside the CA's BEGIN line.
+        let leaf_end = good.chain_pem.find("-----END CERTIFICATE-----\n").unwrap() + 26;
+        let in_ca = &good.chain_pem[..leaf_end + 100];
+        let in_begin = &good.chain_pem[..leaf_end + 8];
         let other = ca.leaf(&["other.test"]);
-        let cases: [(&str, &[u8], &str); 6] = [
+        let cases: [(&str, &[u8], &str); 8] = [
             ("chain.pem", b"garbage\n", "no_certificate"),
             ("chain.pem", b"", "no_certificate"),
             ("chain.pem", truncated.as_bytes(), "pem"),
+            ("chain.pem", in_ca.as_bytes(), "pem"),
+            ("chain.pem", in_begin.as_bytes(), "pem"),
             ("key.pem", b"", "no_key"),
             (
                 "key.pem",

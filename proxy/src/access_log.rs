@@ -110,12 +110,17 @@ impl AccessLog {
         Ok(AccessLog { tx: Some(tx) })
     }
 
+    /// Whether records are written at all (skip building them otherwise).
+    pub(crate) fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Queues a record; never blocks.
     pub(crate) fn record(&self, record: AccessRecord) {
-        if let Some(tx) = &self.tx {
-            if let Err(TrySendError::Full(_)) = tx.try_send(record) {
-                DROPPED.inc();
-            }
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(_)) = tx.try_send(record)
+        {
+            DROPPED.inc();
         }
     }
 }

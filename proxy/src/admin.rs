@@ -39,10 +39,10 @@ impl Readiness {
         if !self.listening.load(Ordering::Acquire) {
             return Err("listeners not started");
         }
-        if let Some(store) = &self.certs {
-            if store.is_empty() {
-                return Err("no certificate is live yet");
-            }
+        if let Some(store) = &self.certs
+            && store.is_empty()
+        {
+            return Err("no certificate is live yet");
         }
         Ok(())
     }

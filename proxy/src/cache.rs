@@ -99,10 +99,10 @@ pub(crate) fn response_cacheable(
         return Uncacheable(NoCacheReason::OriginNotCache);
     }
     let cc = CacheControl::from_resp_headers(resp);
-    if let Some(cc) = &cc {
-        if cc.no_store() || cc.private() {
-            return Uncacheable(NoCacheReason::OriginNotCache);
-        }
+    if let Some(cc) = &cc
+        && (cc.no_store() || cc.private())
+    {
+        return Uncacheable(NoCacheReason::OriginNotCache);
     }
     if authorization
         && !cc
@@ -267,6 +267,7 @@ mod tests {
 
     /// (status, headers, authorization) → stored freshness in seconds (None = not stored).
     #[test]
+    #[allow(clippy::type_complexity)] // a table of (status, headers, authorization, expected) rows
     fn freshness_table() {
         // Whole seconds, as HTTP dates are: no sub-second apparent age.
         let secs = SystemTime::now()

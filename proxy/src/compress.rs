@@ -158,11 +158,11 @@ pub(crate) fn start(
     resp.remove_header(&header::ACCEPT_RANGES);
     let _ = resp.insert_header(header::CONTENT_ENCODING, enc.token());
     // A compressed representation is not byte-identical to the origin's: its validator becomes weak.
-    if let Some(etag) = resp.headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
-        if !etag.starts_with("W/") {
-            let weak = format!("W/{etag}");
-            let _ = resp.insert_header(header::ETAG, weak);
-        }
+    if let Some(etag) = resp.headers.get(header::ETAG).and_then(|v| v.to_str().ok())
+        && !etag.starts_with("W/")
+    {
+        let weak = format!("W/{etag}");
+        let _ = resp.insert_header(header::ETAG, weak);
     }
     Some(encoder)
 }

@@ -186,18 +186,6 @@ pub(crate) static START_TIME: Lazy<IntGauge> = Lazy::new(|| {
     register(g)
 });
 
-/// HTTP status class label.
-pub(crate) fn code_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
-    }
-}
-
 /// Request method label: the common methods by name, everything else as "other".
 pub(crate) fn method_class(method: &http::Method) -> &'static str {
     match *method {
@@ -242,4 +230,81 @@ fn register_process_collector() {
             }
         });
     }
+}
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+fn method_index(method: &http::Method) -> usize {
+    let m = method_class(method);
+    METHODS
+        .iter()
+        .position(|x| *x == m)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100) - 1,
+        _ => CLASSES.len() - 1,
+    }
+}
+
+/// One site's request metrics, resolved once: the request path does an array index instead of hashing label
+/// values under a lock. Series appear on first use.
+#[derive(Debug)]
+pub(crate) struct SiteMetrics {
+    site: std::sync::Arc<str>,
+    requests: [std::sync::OnceLock<IntCounter>; METHODS.len() * CLASSES.len()],
+    duration: Histogram,
+}
+
+impl SiteMetrics {
+    pub(crate) fn new(site: std::sync::Arc<str>) -> SiteMetrics {
+        let duration = HTTP_DURATION.with_label_values(&[&*site]);
+        SiteMetrics {
+            site,
+            requests: std::array::from_fn(|_| std::sync::OnceLock::new()),
+            duration,
+        }
+    }
+
+    /// Counts one finished request.
+    pub(crate) fn observe(&self, method: &http::Method, status: u16, elapsed: std::time::Duration) {
+        let (m, c) = (method_index(method), class_index(status));
+        self.requests[m * CLASSES.len() + c]
+            .get_or_init(|| HTTP_REQUESTS.with_label_values(&[&*self.site, METHODS[m], CLASSES[c]]))
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Requests that matched no site.
+pub(crate) static NO_SITE: Lazy<SiteMetrics> =
+    Lazy::new(|| SiteMetrics::new(std::sync::Arc::from("-")));
+
+/// `edgepop_cache_lookups_total` by label, resolved once.
+pub(crate) fn cache_lookup(label: &'static str) -> &'static IntCounter {
+    const LABELS: [&str; 7] = [
+        "HIT",
+        "MISS",
+        "EXPIRED",
+        "STALE",
+        "UPDATING",
+        "REVALIDATED",
+        "BYPASS",
+    ];
+    static COUNTERS: Lazy<Vec<IntCounter>> = Lazy::new(|| {
+        LABELS
+            .iter()
+            .map(|l| CACHE_LOOKUPS.with_label_values(&[l]))
+            .collect()
+    });
+    let i = LABELS
+        .iter()
+        .position(|l| *l == label)
+        .unwrap_or(LABELS.len() - 1);
+    &COUNTERS[i]
 }

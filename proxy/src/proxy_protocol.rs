@@ -191,7 +191,6 @@ fn v2_addr(a: &v2::Addresses) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
 
     #[test]
     fn classify_table() {
@@ -246,6 +245,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(clippy::type_complexity)] // a table of (input, mode, expected, rest) rows
     async fn header_table() {
         use ProxyProtocol::{Optional, Required};
         let v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xcb\x00\x71\x07\x0a\x00\x00\x01\x15\xb3\x00\x50GET";

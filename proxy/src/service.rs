@@ -29,6 +29,12 @@ use crate::state::{self, SiteState, State};
 use crate::upstream::{self, UpstreamFailure};
 use pingora::protocols::http::compression::Encode;
 
+static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_SERVER: http::HeaderName = http::HeaderName::from_static("x-forwarded-server");
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
+
 /// Per-request context.
 pub(crate) struct RequestCtx {
     state: Arc<State>,
@@ -57,7 +63,7 @@ pub(crate) struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn site<'a>(&'a self) -> Option<&'a SiteState> {
+    fn site(&self) -> Option<&SiteState> {
         self.site.and_then(|i| self.state.sites.get(i))
     }
 }
@@ -112,10 +118,10 @@ impl ProxyHttp for Edge {
         // "GET /x HTTP/2" without Host and fails (and a debug build panics on a dangling cache lock). Presenting
         // HTTP/2 requests as HTTP/1.1 with a Host header avoids it; the client connection stays HTTP/2.
         if ctx.version == http::Version::HTTP_2 {
-            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
-                if !req.headers.contains_key(header::HOST) {
-                    req.insert_header(header::HOST, authority)?;
-                }
+            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned())
+                && !req.headers.contains_key(header::HOST)
+            {
+                req.insert_header(header::HOST, authority)?;
             }
             req.set_version(http::Version::HTTP_11);
         }
@@ -500,10 +506,9 @@ impl ProxyHttp for Edge {
                 .uri
                 .authority()
                 .map(|a| a.as_str().to_owned())
+                && !upstream_request.headers.contains_key(header::HOST)
             {
-                if !upstream_request.headers.contains_key(header::HOST) {
-                    upstream_request.insert_header(header::HOST, host)?;
-                }
+                upstream_request.insert_header(header::HOST, host)?;
             }
             let uri = pq.parse::<http::Uri>().or_else(|_| {
                 Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid request path")
@@ -511,10 +516,13 @@ impl ProxyHttp for Edge {
             upstream_request.set_uri(uri);
         }
         let proto = if ctx.tls { &state::HTTPS } else { &state::HTTP };
-        upstream_request.insert_header("x-forwarded-proto", proto.clone())?;
+        upstream_request.insert_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
         if let Some(host) = &ctx.host {
-            upstream_request.insert_header("x-forwarded-host", &**host)?;
-            upstream_request.insert_header("x-forwarded-server", &**host)?;
+            // One validated value, shared by both headers (HeaderValue clones are reference counts).
+            let value = http::HeaderValue::from_str(host)
+                .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "host"))?;
+            upstream_request.insert_header(X_FORWARDED_HOST.clone(), value.clone())?;
+            upstream_request.insert_header(X_FORWARDED_SERVER.clone(), value)?;
         }
         if let Some(ip) = ctx.client_ip {
             let ip = ip.to_string();
@@ -532,8 +540,8 @@ impl ProxyHttp for Edge {
                 Some(prev) => format!("{prev}, {ip}"),
                 None => ip.clone(),
             };
-            upstream_request.insert_header("x-forwarded-for", xff)?;
-            upstream_request.insert_header("x-real-ip", ip)?;
+            upstream_request.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+            upstream_request.insert_header(X_REAL_IP.clone(), ip)?;
         }
         if ctx.state.compression.enabled {
             // Ask the origin for exactly what the client gets, so an encoded body passes through untouched.
@@ -598,11 +606,10 @@ impl ProxyHttp for Edge {
             for (name, value) in &b.add_headers {
                 upstream_response.insert_header(name.clone(), value.clone())?;
             }
-            if ctx.tls {
-                if let Some(hsts) = &b.hsts {
-                    upstream_response
-                        .insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
-                }
+            if ctx.tls
+                && let Some(hsts) = &b.hsts
+            {
+                upstream_response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
             }
         }
         Ok(())
@@ -667,26 +674,20 @@ impl ProxyHttp for Edge {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
-        let site = ctx.site().map_or("-", |s| &*s.label);
         let elapsed = ctx.start.elapsed();
-        metrics::HTTP_REQUESTS
-            .with_label_values(&[
-                site,
-                metrics::method_class(&req.method),
-                metrics::code_class(status),
-            ])
-            .inc();
-        metrics::HTTP_DURATION
-            .with_label_values(&[site])
-            .observe(elapsed.as_secs_f64());
+        let site_metrics = ctx.site().map_or(&*metrics::NO_SITE, |s| &s.metrics);
+        site_metrics.observe(&req.method, status, elapsed);
         if ctx.cache_enabled {
             let label = cache::status_label(&session.cache.phase(), true);
-            metrics::CACHE_LOOKUPS.with_label_values(&[label]).inc();
+            metrics::cache_lookup(label).inc();
         }
-        if let Some(cache) = &self.cache {
-            if cache::invalidates(&req.method, status) {
-                self.invalidate(cache, session, ctx);
-            }
+        if let Some(cache) = &self.cache
+            && cache::invalidates(&req.method, status)
+        {
+            self.invalidate(cache, session, ctx);
+        }
+        if !self.access_log.enabled() {
+            return;
         }
         self.access_log.record(AccessRecord::from_session(
             session,

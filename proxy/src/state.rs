@@ -23,11 +23,10 @@ pub(crate) struct State {
 /// A site, ready for the request path.
 #[derive(Debug)]
 pub(crate) struct SiteState {
-    /// The first configured name: the `site` label of metrics and logs.
-    pub(crate) label: Arc<str>,
     pub(crate) upstream: Arc<UpstreamState>,
     pub(crate) cache: SiteCache,
     pub(crate) behaviour: SiteBehaviour,
+    pub(crate) metrics: crate::metrics::SiteMetrics,
 }
 
 impl State {
@@ -45,11 +44,12 @@ impl State {
                 continue;
             };
             names.push((site.names.as_slice(), sites.len()));
+            let label: Arc<str> = site
+                .names
+                .first()
+                .map_or_else(|| Arc::from("-"), |n| Arc::from(n.as_str()));
             sites.push(SiteState {
-                label: site
-                    .names
-                    .first()
-                    .map_or_else(|| Arc::from("-"), |n| Arc::from(n.as_str())),
+                metrics: crate::metrics::SiteMetrics::new(label),
                 upstream: upstream.clone(),
                 cache: site.cache.clone(),
                 behaviour: site.behaviour.clone(),

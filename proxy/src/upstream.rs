@@ -579,6 +579,144 @@ mod tests {
         );
     }
 
+    fn parse(upstream_extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.app]\nservers = [\"origin.test:8443\"]\n{upstream_extra}\n[[site]]\nnames = [\"a.test\"]\nupstream = \"app\"\n"
+        );
+        Config::parse("/etc/edgepop/t.toml", &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn new_upstream_keys_have_documented_defaults() {
+        let config = parse("").expect("valid");
+        let up = &config.upstreams["app"];
+        assert_eq!(up.balance, Balance::RoundRobin);
+        assert_eq!(up.bind_interface, None);
+        assert_eq!(up.bind_address, None);
+        assert!(!up.tls);
+        assert_eq!(up.sni, "");
+        assert_eq!(up.ca_file, None);
+        assert_eq!(up.max_fails, 3);
+        assert_eq!(up.fail_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(up.health_check, None);
+
+        let config = parse("tls = true\n[upstream.app.health-check]").expect("valid");
+        let up = &config.upstreams["app"];
+        assert_eq!(
+            up.sni, "origin.test",
+            "sni defaults to the first server's host"
+        );
+        let hc = up.health_check.as_ref().expect("health check");
+        assert_eq!(hc.path, "/");
+        assert_eq!(hc.host, "origin.test");
+        assert_eq!(hc.interval, std::time::Duration::from_secs(5));
+        assert_eq!(hc.timeout, std::time::Duration::from_secs(2));
+        assert_eq!(hc.expect_status, vec![200..=399]);
+    }
+
+    #[test]
+    fn new_upstream_keys_are_validated_with_positions() {
+        let table = [
+            (
+                "balance = \"random\"",
+                "6:11: upstream.app.balance: unknown policy",
+            ),
+            (
+                "bind-interface = \"a/b\"",
+                "upstream.app.bind-interface: \"a/b\" is not an interface name",
+            ),
+            (
+                "bind-interface = \"much-too-long-name0\"",
+                "is not an interface name",
+            ),
+            (
+                "bind-address = \"10.0.0.1:80\"",
+                "upstream.app.bind-address: invalid address",
+            ),
+            (
+                "sni = \"x.test\"",
+                "upstream.app.sni: is set but tls is not true",
+            ),
+            (
+                "tls = true\nca-file = \"/nonexistent/ca.pem\"",
+                "upstream.app.ca-file: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "fail-timeout = \"0s\"",
+                "upstream.app.fail-timeout: must be more than zero",
+            ),
+            (
+                "[upstream.app.health-check]\npath = \"health\"",
+                "upstream.app.health-check.path",
+            ),
+            (
+                "[upstream.app.health-check]\ninterval = \"0s\"",
+                "upstream.app.health-check.interval: must be more than zero",
+            ),
+            (
+                "[upstream.app.health-check]\nexpect-status = [200, \"6xx\"]",
+                "upstream.app.health-check.expect-status[1]",
+            ),
+            (
+                "[upstream.app.health-check]\nexpect-status = [99]",
+                "99 is not an HTTP status",
+            ),
+        ];
+        for (extra, want) in table {
+            let err = parse(extra).expect_err(extra);
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        let ok = parse("max-fails = 0\nfail-timeout = \"0s\"\n[upstream.app.health-check]\nexpect-status = [204, \"3xx\"]")
+            .expect("valid");
+        let hc = ok.upstreams["app"].health_check.clone().expect("hc");
+        assert_eq!(hc.expect_status, vec![204..=204, 300..=399]);
+    }
+
+    #[test]
+    fn ca_file_is_read_at_validation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["ca.test".to_owned()]).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).expect("self-signed").pem();
+        std::fs::write(dir.path().join("ca.pem"), &pem).expect("write");
+        std::fs::write(dir.path().join("empty.pem"), "not a pem\n").expect("write");
+        let text = |file: &str| {
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:8080\"\n[upstream.app]\nservers = [\"127.0.0.1:8443\"]\ntls = true\nsni = \"origin.test\"\nca-file = \"{file}\"\n[[site]]\nnames = [\"a.test\"]\nupstream = \"app\"\n"
+            )
+        };
+        let path = dir.path().join("edgepop.toml");
+        // Relative to the configuration file.
+        let config = Config::parse(&path, &text("ca.pem")).expect("valid");
+        let up = &config.upstreams["app"];
+        assert_eq!(up.ca_certs.len(), 1);
+        let state = UpstreamState::new(up.clone());
+        let peer = state.peer("127.0.0.1:8443".parse().expect("addr"));
+        assert!(peer.options.ca.is_some());
+        assert_eq!(peer.sni(), "origin.test");
+        assert!(peer.is_tls());
+        let err = Config::parse(&path, &text("empty.pem")).expect_err("no certificate");
+        assert!(
+            err.to_string().contains("holds no CERTIFICATE block"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn check_warns_about_missing_interfaces_only() {
+        let config = parse("bind-interface = \"ep-missing9\"").expect("valid");
+        let lines = check_interfaces(&config);
+        if std::path::Path::new("/sys/class/net").is_dir() {
+            assert_eq!(
+                lines,
+                ["warning: upstream.app.bind-interface: interface ep-missing9 not found"]
+            );
+        }
+        let config = parse("bind-interface = \"lo\"").expect("valid");
+        assert!(check_interfaces(&config).is_empty());
+    }
+
     #[test]
     fn peer_carries_the_fixed_parts() {
         let up = upstream("bind-address = \"127.0.0.2\"\nbind-interface = \"lo\"");

@@ -1,5 +1,8 @@
 //! edgepop's end-to-end tests: one binary (`cargo test -p edgepop-tests`), each module one area.
 
+// Tests fail by panicking; helper functions here are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cache; // the response cache: RFC 9111 semantics, stale serving, persistence, purge
 mod deploy; // deploy/ files agree with deploy/edgepop.toml
 mod edge; // nginx parity: PROXY protocol, real IP, compression, limits, redirects, access log

@@ -342,8 +342,10 @@ async fn broken_chain_files_keep_the_old_pair_and_are_logged_and_counted() {
     let chain_str = chain_path.display().to_string();
     let errors = r#"edgepop_cert_reloads_total{result="error"}"#;
 
-    let truncated = &good.chain_pem[..good.chain_pem.len() / 2];
-    let cases: [(&str, &[u8], &str); 3] = [
+    // Truncated after the leaf: in the next certificate's base64, or in its BEGIN line (where a lenient PEM
+    // parser would silently drop the rest of the chain).
+    let leaf_end = good.chain_pem.find("-----END CERTIFICATE-----\n").unwrap() + 26;
+    let cases: [(&str, &[u8], &str); 4] = [
         (
             "garbage",
             b"not a pem file: s3cr3t-sentinel\n",
@@ -351,9 +353,14 @@ async fn broken_chain_files_keep_the_old_pair_and_are_logged_and_counted() {
         ),
         ("empty", b"", "no certificate in"),
         (
-            "truncated",
-            truncated.as_bytes(),
+            "truncated in base64",
+            good.chain_pem[..leaf_end + 100].as_bytes(),
             "missing END line (truncated file?)",
+        ),
+        (
+            "truncated in a BEGIN line",
+            good.chain_pem[..leaf_end + 8].as_bytes(),
+            "incomplete BEGIN line (truncated file?)",
         ),
     ];
     for (what, bytes, reason) in cases {

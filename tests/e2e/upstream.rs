@@ -618,12 +618,16 @@ async fn bind_interface_leaves_through_tailscale0_and_fails_clearly_when_it_is_d
     }
     run(&["ip", "link", "set", "tailscale0", "up"]);
 
-    let log = tempfile::NamedTempFile::new().unwrap();
+    // The origin serves a listing of an empty directory and logs requests (with the client address) on stderr.
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("origin.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let origin = Command::new("ip")
         .args(["netns", "exec", &ns, "python3", "-m", "http.server"])
         .args(["--bind", &remote, "8080"])
+        .current_dir(dir.path())
         .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
+        .stderr(log)
         .spawn()
         .unwrap();
     guard.origin = Some(origin);
@@ -659,12 +663,13 @@ upstream = "unbound"
     let ep = Edgepop::start(&text).await;
 
     let before = tx_packets();
-    let resp = get(&ep, "/through-the-tunnel").await;
+    let resp = get(&ep, "/?through-the-tunnel").await;
     assert_eq!(resp.status, 200, "stderr:\n{}", ep.stderr());
     assert!(tx_packets() > before, "nothing left through tailscale0");
-    let origin_log = std::fs::read_to_string(log.path()).unwrap();
+    let origin_log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
-        origin_log.contains(&format!("{local} - - ")) && origin_log.contains("/through-the-tunnel"),
+        origin_log.contains(&format!("{local} - - "))
+            && origin_log.contains("/?through-the-tunnel"),
         "the origin did not see {local}: {origin_log}"
     );
     if unreachable_elsewhere {

@@ -537,16 +537,14 @@ impl Validator<'_> {
             .as_ref()
             .map(|t| self.path(t.get_ref()));
 
-        if let Some(admin) = admin_address {
-            if listeners.iter().any(|l| l.address == admin) {
-                self.error(
-                    raw.admin.address.as_ref().map_or(0..0, Spanned::span),
-                    "admin.address",
-                    format!(
-                        "{admin} is also a public listener; the admin listener must be separate"
-                    ),
-                );
-            }
+        if let Some(admin) = admin_address
+            && listeners.iter().any(|l| l.address == admin)
+        {
+            self.error(
+                raw.admin.address.as_ref().map_or(0..0, Spanned::span),
+                "admin.address",
+                format!("{admin} is also a public listener; the admin listener must be separate"),
+            );
         }
 
         Config {
