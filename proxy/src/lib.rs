@@ -54,6 +54,106 @@ pub use config::{
 };
 pub use telemetry::{DEFAULT_LOG, init_tracing};
 
+/// Internals exposed for the criterion benches and fuzz targets only; not a stable API.
+#[doc(hidden)]
+pub mod fuzz_api; // what fuzz/ targets and the stable corpus test run (issue 10)
+#[doc(hidden)]
+pub mod bench_api {
+    pub use crate::proxy_protocol::{Parsed, parse as parse_proxy_header};
+
+    /// The cache key for `template` (nginx syntax, e.g. `$scheme$host$request_uri`), as the proxy builds it.
+    pub fn cache_key(template: &str, tls: bool, host: &str, path_and_query: &str) -> Option<String> {
+        let parts = crate::config::parse_key_template(template).ok()?;
+        let req = pingora::http::RequestHeader::build("GET", path_and_query.as_bytes(), None).ok()?;
+        Some(crate::cache::primary_key(&parts, tls, host, &req))
+    }
+
+    /// Content-coding negotiation over prebuilt compression settings (built once, as the proxy's
+    /// per-reload state is), so a bench measures `negotiate` alone.
+    #[derive(Debug, Clone)]
+    pub struct Negotiator(crate::config::CompressionConfig);
+
+    impl Negotiator {
+        /// The default `[compression]` settings (gzip, brotli and zstd as shipped), or `None` if the
+        /// minimal configuration they come from no longer parses.
+        pub fn default_config() -> Option<Negotiator> {
+            crate::Config::parse("bench.toml", "[[listener]]\naddress = \"127.0.0.1:1\"\n")
+                .ok()
+                .map(|c| Negotiator(c.compression))
+        }
+
+        /// The coding the proxy picks for this Accept-Encoding value (`"identity"`, `"gzip"`, `"br"`, `"zstd"`).
+        pub fn negotiate(&self, accept_encoding: &http::HeaderValue) -> &'static str {
+            crate::compress::negotiate(Some(accept_encoding), &self.0).token()
+        }
+    }
+
+    // Same names as proxy/src/service.rs (static, so inserting them allocates nothing for the name).
+    static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+    static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+    static X_FORWARDED_SERVER: http::HeaderName = http::HeaderName::from_static("x-forwarded-server");
+    static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+    static X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
+
+    /// A `GET` for `path_and_query` with the headers a desktop browser sends (host, user-agent,
+    /// accept*, cookie, sec-fetch-*, and an `x-forwarded-for` from a previous hop).
+    pub fn browser_request(host: &str, path_and_query: &str) -> pingora::Result<pingora::http::RequestHeader> {
+        let mut req = pingora::http::RequestHeader::build("GET", path_and_query.as_bytes(), Some(16))?;
+        req.insert_header(http::header::HOST, host)?;
+        req.insert_header(
+            http::header::USER_AGENT,
+            "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
+        )?;
+        req.insert_header(
+            http::header::ACCEPT,
+            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+        )?;
+        req.insert_header(http::header::ACCEPT_LANGUAGE, "en-GB,en;q=0.7,de;q=0.3")?;
+        req.insert_header(http::header::ACCEPT_ENCODING, "gzip, deflate, br, zstd")?;
+        req.insert_header(http::header::CONNECTION, "keep-alive")?;
+        req.insert_header(http::header::COOKIE, "session=4f1c2e9a7b3d8c6e5f0a1b2c3d4e5f60; theme=dark")?;
+        req.insert_header(http::header::UPGRADE_INSECURE_REQUESTS, "1")?;
+        req.insert_header("sec-fetch-dest", "document")?;
+        req.insert_header("sec-fetch-mode", "navigate")?;
+        req.insert_header("sec-fetch-site", "none")?;
+        req.insert_header("sec-fetch-user", "?1")?;
+        req.insert_header("priority", "u=0, i")?;
+        req.insert_header(X_FORWARDED_FOR.clone(), "198.51.100.7")?;
+        Ok(req)
+    }
+
+    /// The forwarded-header insertions of `upstream_request_filter` (proxy/src/service.rs), copied:
+    /// x-forwarded-proto, x-forwarded-host/-server (one validated value), x-forwarded-for appended
+    /// to the request's own value (nginx `$proxy_add_x_forwarded_for`) and x-real-ip.
+    pub fn forward_headers(
+        req: &mut pingora::http::RequestHeader,
+        tls: bool,
+        host: &str,
+        client_ip: std::net::IpAddr,
+    ) -> pingora::Result<()> {
+        use pingora::{Error, ErrorType};
+        let proto = if tls { &crate::state::HTTPS } else { &crate::state::HTTP };
+        req.insert_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
+        let value = http::HeaderValue::from_str(host)
+            .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "host"))?;
+        req.insert_header(X_FORWARDED_HOST.clone(), value.clone())?;
+        req.insert_header(X_FORWARDED_SERVER.clone(), value)?;
+        let ip = client_ip.to_string();
+        let prev = req
+            .headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty());
+        let xff = match prev {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.clone(),
+        };
+        req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+        req.insert_header(X_REAL_IP.clone(), ip)?;
+        Ok(())
+    }
+}
+
 /// Why edgepop could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

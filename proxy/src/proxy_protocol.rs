@@ -96,9 +96,9 @@ async fn read(
             return Err(Refusal::Io);
         }
         buf.extend_from_slice(&chunk[..n]);
-        match classify(&buf) {
-            Kind::NeedMore => continue,
-            Kind::NotProxy => {
+        match parse(&buf) {
+            Parsed::NeedMore => continue,
+            Parsed::NotProxy => {
                 return if mode == ProxyProtocol::Required {
                     Err(Refusal::Missing)
                 } else {
@@ -106,40 +106,66 @@ async fn read(
                     Ok(None)
                 };
             }
-            Kind::V1 | Kind::V2 => {}
-        }
-        let result = HeaderResult::parse(&buf);
-        // A v1 header ends at the first CRLF: if it is there and the parser still wants more, it is malformed.
-        if matches!(classify(&buf), Kind::V1)
-            && result.is_incomplete()
-            && buf.windows(2).take(V1_MAX).any(|w| w == b"\r\n")
-        {
-            return Err(Refusal::Malformed);
-        }
-        if result.is_incomplete() {
-            if buf.len() >= V2_MAX || (buf[0] == b'P' && buf.len() >= V1_MAX) {
-                return Err(Refusal::Malformed);
-            }
-            continue;
-        }
-        let (len, addr) = match result {
-            HeaderResult::V1(Ok(h)) => (h.header.len(), v1_addr(&h.addresses)),
-            HeaderResult::V2(Ok(h)) => {
-                if h.len() > V2_MAX {
-                    return Err(Refusal::Malformed);
+            Parsed::Malformed => return Err(Refusal::Malformed),
+            Parsed::Header { len, client } => {
+                if len < buf.len() {
+                    stream.rewind(&buf[len..]);
                 }
-                let addr = match h.command {
-                    v2::Command::Local => None,
-                    v2::Command::Proxy => v2_addr(&h.addresses),
-                };
-                (h.len(), addr)
+                return Ok(Some(client));
             }
-            HeaderResult::V1(Err(_)) | HeaderResult::V2(Err(_)) => return Err(Refusal::Malformed),
-        };
-        if len < buf.len() {
-            stream.rewind(&buf[len..]);
         }
-        return Ok(Some(addr));
+    }
+}
+
+/// What the bytes received so far hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not enough bytes to decide.
+    NeedMore,
+    /// The connection does not start with a PROXY header.
+    NotProxy,
+    /// A broken or oversized header.
+    Malformed,
+    /// A complete header of `len` bytes announcing `client` (`None`: LOCAL/UNKNOWN).
+    Header {
+        /// Header length; the bytes after it belong to TLS/HTTP.
+        len: usize,
+        /// Announced source address.
+        client: Option<SocketAddr>,
+    },
+}
+
+/// Parses a PROXY v1/v2 header at the start of `buf` (pure: no I/O, no allocation).
+pub fn parse(buf: &[u8]) -> Parsed {
+    let kind = match classify(buf) {
+        Kind::NeedMore => return Parsed::NeedMore,
+        Kind::NotProxy => return Parsed::NotProxy,
+        k => k,
+    };
+    let result = HeaderResult::parse(buf);
+    if result.is_incomplete() {
+        // A v1 header ends at the first CRLF: if it is there and the parser still wants more, it is malformed.
+        let v1_ended = matches!(kind, Kind::V1) && buf.windows(2).take(V1_MAX).any(|w| w == b"\r\n");
+        let too_long = buf.len() >= V2_MAX || (matches!(kind, Kind::V1) && buf.len() >= V1_MAX);
+        return if v1_ended || too_long {
+            Parsed::Malformed
+        } else {
+            Parsed::NeedMore
+        };
+    }
+    match result {
+        HeaderResult::V1(Ok(h)) => Parsed::Header {
+            len: h.header.len(),
+            client: v1_addr(&h.addresses),
+        },
+        HeaderResult::V2(Ok(h)) if h.len() <= V2_MAX => Parsed::Header {
+            len: h.len(),
+            client: match h.command {
+                v2::Command::Local => None,
+                v2::Command::Proxy => v2_addr(&h.addresses),
+            },
+        },
+        _ => Parsed::Malformed,
     }
 }
 

@@ -619,7 +619,7 @@ mod tests {
         let table = [
             (
                 "balance = \"random\"",
-                "6:11: upstream.app.balance: unknown policy",
+                "t.toml:5:11: upstream.app.balance: unknown policy",
             ),
             (
                 "bind-interface = \"a/b\"",
@@ -694,7 +694,7 @@ mod tests {
         let state = UpstreamState::new(up.clone());
         let peer = state.peer("127.0.0.1:8443".parse().expect("addr"));
         assert!(peer.options.ca.is_some());
-        assert_eq!(peer.sni(), "origin.test");
+        assert_eq!(peer.sni, "origin.test");
         assert!(peer.is_tls());
         let err = Config::parse(&path, &text("empty.pem")).expect_err("no certificate");
         assert!(

@@ -9,7 +9,7 @@
 //! held, so a purge either sees the committed file or cancels the write. Files are not fsynced:
 //! this is a cache, and a file torn by a crash or power loss fails its checksum and is removed.
 
-mod format;
+pub(crate) mod format;
 mod index;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};

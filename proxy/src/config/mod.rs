@@ -1109,7 +1109,7 @@ impl Validator<'_> {
 }
 
 /// Parses an nginx-style key template such as `$scheme$host$request_uri`.
-fn parse_key_template(text: &str) -> Result<Vec<KeyPart>, String> {
+pub(crate) fn parse_key_template(text: &str) -> Result<Vec<KeyPart>, String> {
     const VARS: [(&str, KeyPart); 5] = [
         ("request_uri", KeyPart::RequestUri),
         ("scheme", KeyPart::Scheme),
