@@ -1,6 +1,15 @@
+#!/usr/bin/env python3
+"""Regenerates the hand-made seeds in fuzz/corpus/<target>/ (issue 10). Run from a directory holding the
+openssl-made pairs README.md lists:
+
+    SEED_KEYS=$PWD python3 /path/to/fuzz/seeds.py
+
+The cert_pair seeds need throwaway self-signed pairs made with openssl in $SEED_KEYS (README.md lists the
+commands). Those keys are test material for the name a.test/b.test only and protect nothing.
+"""
 import os, struct, zlib, random
 random.seed(10)
-root='/work/main/fuzz/corpus'
+root=os.path.join(os.path.dirname(os.path.abspath(__file__)),'corpus')
 def put(target, name, data):
     d=os.path.join(root,target); os.makedirs(d,exist_ok=True)
     if isinstance(data,str): data=data.encode()
@@ -8,7 +17,7 @@ def put(target, name, data):
 
 # ---------- config
 deploy=open('/work/main/deploy/edgepop.toml').read()
-put('config','deploy-edgepop.toml',deploy)
+put('config','ok-deploy-edgepop.toml',deploy)
 minimal='[[listener]]\naddress = "127.0.0.1:8080"\n'
 site='''[[listener]]
 address = "127.0.0.1:8443"
@@ -27,8 +36,10 @@ upstream = "app"
 '''
 cases={
  'empty.toml':'',
- 'minimal.toml':minimal,
- 'site.toml':site,
+ 'nested-arrays-deep.toml':'a = '+'['*20000+']'*20000+'\n',
+ 'nested-inline-deep.toml':'a = '+'{b = '*20000+'1'+'}'*20000+'\n',
+ 'ok-minimal.toml':minimal,
+ 'ok-site.toml':site,
  'bom.toml':'\ufeff'+minimal,
  'crlf.toml':site.replace('\n','\r\n'),
  'unknown-key.toml':minimal+'bogus = 1\n',
@@ -80,37 +91,37 @@ ip4=bytes([203,0,113,7,10,0,0,1])+struct.pack('>HH',5555,443)
 ip6=bytes(range(16))+bytes(range(16,32))+struct.pack('>HH',1,2)
 unix=b'/tmp/a'.ljust(108,b'\0')+b'/tmp/b'.ljust(108,b'\0')
 ph={
- 'v1-tcp4':b'PROXY TCP4 198.51.100.9 10.0.0.1 4242 80\r\n',
- 'v1-tcp4-with-request':b'PROXY TCP4 198.51.100.9 10.0.0.1 4242 80\r\nGET / HTTP/1.1\r\n\r\n',
- 'v1-tcp6':b'PROXY TCP6 2001:db8::1 fdaa::2 4242 443\r\n',
- 'v1-unknown':b'PROXY UNKNOWN\r\n',
+ 'ok-v1-tcp4':b'PROXY TCP4 198.51.100.9 10.0.0.1 4242 80\r\n',
+ 'ok-v1-tcp4-with-request':b'PROXY TCP4 198.51.100.9 10.0.0.1 4242 80\r\nGET / HTTP/1.1\r\n\r\n',
+ 'ok-v1-tcp6':b'PROXY TCP6 2001:db8::1 fdaa::2 4242 443\r\n',
+ 'ok-v1-unknown':b'PROXY UNKNOWN\r\n',
  'v1-unknown-with-addrs':b'PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n',
  'v1-partial':b'PROXY TCP4 198.51.',
  'v1-no-crlf-107':(b'PROXY TCP4 '+b'1'*96)[:107],
- 'v1-overlong':b'PROXY TCP4 '+b'9'*200+b'\r\n',
- 'v1-bad-port':b'PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n',
- 'v1-bad-ip':b'PROXY TCP4 1.2.3.999 5.6.7.8 1 80\r\n',
+ 'bad-v1-overlong':b'PROXY TCP4 '+b'9'*200+b'\r\n',
+ 'bad-v1-port':b'PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n',
+ 'bad-v1-ip':b'PROXY TCP4 1.2.3.999 5.6.7.8 1 80\r\n',
  'v1-family-mismatch':b'PROXY TCP4 2001:db8::1 5.6.7.8 1 80\r\n',
  'v1-lf-only':b'PROXY TCP4 1.2.3.4 5.6.7.8 1 80\n',
  'v1-nul':b'PROXY TCP4 1.2.3.4\x00 5.6.7.8 1 80\r\n',
  'v1-lowercase':b'proxy TCP4 1.2.3.4 5.6.7.8 1 80\r\n',
  'v1-double-space':b'PROXY  TCP4 1.2.3.4 5.6.7.8 1 80\r\n',
  'v1-leading-zero-port':b'PROXY TCP4 1.2.3.4 5.6.7.8 0001 80\r\n',
- 'v2-tcp4':v2(1,0x11,ip4),
- 'v2-tcp4-with-request':v2(1,0x11,ip4)+b'GET / HTTP/1.1\r\n\r\n',
- 'v2-tcp6':v2(1,0x21,ip6),
+ 'ok-v2-tcp4':v2(1,0x11,ip4),
+ 'ok-v2-tcp4-with-request':v2(1,0x11,ip4)+b'GET / HTTP/1.1\r\n\r\n',
+ 'ok-v2-tcp6':v2(1,0x21,ip6),
  'v2-udp4':v2(1,0x12,ip4),
  'v2-unix':v2(1,0x31,unix),
- 'v2-local':v2(0,0x00,b''),
+ 'ok-v2-local':v2(0,0x00,b''),
  'v2-local-with-addr':v2(0,0x11,ip4),
  'v2-unspec':v2(1,0x00,b''),
- 'v2-tlvs':v2(1,0x11,ip4,b'\x01\x00\x02h2'+b'\x02\x00\x06a.test'+b'\x20\x00\x05\x07\x00\x00\x00\x00'),
+ 'ok-v2-tlvs':v2(1,0x11,ip4,b'\x01\x00\x02h2'+b'\x02\x00\x06a.test'+b'\x20\x00\x05\x07\x00\x00\x00\x00'),
  'v2-tlv-overrun':v2(1,0x11,ip4,b'\x02\xff\xffabc'),
  'v2-short-addr':v2(1,0x11,ip4[:5]),
  'v2-len-lies':SIG+b'\x21\x11\xff\xff'+ip4,
  'v2-max-len':SIG+b'\x21\x11\xff\xff'+b'\0'*65535,
- 'v2-bad-version':SIG+b'\x31\x11\x00\x0c'+ip4,
- 'v2-bad-command':SIG+b'\x2f\x11\x00\x0c'+ip4,
+ 'bad-v2-version':SIG+b'\x31\x11\x00\x0c'+ip4,
+ 'bad-v2-command':SIG+b'\x2f\x11\x00\x0c'+ip4,
  'v2-bad-family':SIG+b'\x21\xff\x00\x0c'+ip4,
  'v2-sig-only':SIG,
  'v2-partial-sig':SIG[:7],
@@ -170,14 +181,14 @@ r=lambda f: open(f,'rb').read()
 os.chdir(os.environ.get('SEED_KEYS', '.'))
 ec,eck,rsa,rsak,oth,othk,ed,edk=[r(x) for x in ['ec.pem','ec.key','rsa.pem','rsa.key','other.pem','other.key','ed.pem','ed.key']]
 cp={
- 'ec-valid':ec+S+eck,
- 'ec-sec1-key':ec+S+r('ec_sec1.key'),
- 'rsa-valid':rsa+S+rsak,
- 'rsa-pkcs1-key':rsa+S+r('rsa_pkcs1.key'),
+ 'ok-ec':ec+S+eck,
+ 'ok-ec-sec1-key':ec+S+r('ec_sec1.key'),
+ 'ok-rsa':rsa+S+rsak,
+ 'ok-rsa-pkcs1-key':rsa+S+r('rsa_pkcs1.key'),
  'ed25519':ed+S+edk,
- 'key-mismatch':ec+S+othk,
+ 'bad-key-mismatch':ec+S+othk,
  'wrong-domain':oth+S+othk,
- 'swapped':eck+S+ec,
+ 'bad-swapped':eck+S+ec,
  'empty-both':S,
  'empty-key':ec+S,
  'empty-chain':S+eck,

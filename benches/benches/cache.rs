@@ -32,11 +32,19 @@ fn span() -> SpanHandle {
 fn meta(len: usize) -> CacheMeta {
     let now = SystemTime::now();
     let mut header = ResponseHeader::build(200, Some(8)).unwrap();
-    header.append_header("content-type", "text/html; charset=utf-8").unwrap();
-    header.append_header("content-length", len.to_string()).unwrap();
-    header.append_header("cache-control", "public, max-age=3600").unwrap();
+    header
+        .append_header("content-type", "text/html; charset=utf-8")
+        .unwrap();
+    header
+        .append_header("content-length", len.to_string())
+        .unwrap();
+    header
+        .append_header("cache-control", "public, max-age=3600")
+        .unwrap();
     header.append_header("etag", "\"5f0c-64a1b2c3\"").unwrap();
-    header.append_header("last-modified", "Wed, 25 Nov 2026 12:00:00 GMT").unwrap();
+    header
+        .append_header("last-modified", "Wed, 25 Nov 2026 12:00:00 GMT")
+        .unwrap();
     CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, header)
 }
 
@@ -45,7 +53,10 @@ fn key(path: &str) -> CacheKey {
 }
 
 fn body(len: usize) -> Bytes {
-    (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+    (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 /// What pingora does on a miss: miss handler, one body write, finish.
@@ -68,7 +79,9 @@ async fn hit(s: &'static TieredStorage, k: &CacheKey) -> usize {
 }
 
 fn memory_storage() -> &'static TieredStorage {
-    TieredStorage::open(CacheSettings::default()).unwrap().leak()
+    TieredStorage::open(CacheSettings::default())
+        .unwrap()
+        .leak()
 }
 
 fn bench_memory(c: &mut Criterion) {
@@ -80,9 +93,13 @@ fn bench_memory(c: &mut Criterion) {
         rt.block_on(insert(storage, &k, &meta(len), body(len)));
         assert_eq!(rt.block_on(hit(storage, &k)), len);
         group.throughput(Throughput::Elements(1));
-        group.bench_with_input(BenchmarkId::new("lookup_hit_read_body", label), &k, |b, k| {
-            b.to_async(&rt).iter(|| hit(storage, k));
-        });
+        group.bench_with_input(
+            BenchmarkId::new("lookup_hit_read_body", label),
+            &k,
+            |b, k| {
+                b.to_async(&rt).iter(|| hit(storage, k));
+            },
+        );
     }
     let absent = key("/never/stored");
     group.bench_function("lookup_miss", |b| {
@@ -97,7 +114,8 @@ fn bench_memory(c: &mut Criterion) {
         let data = body(len);
         // The same key every time: replaces the entry, so the tier does not grow or evict.
         group.bench_function(BenchmarkId::new("insert_write_finish", label), |b| {
-            b.to_async(&rt).iter(|| insert(storage, &k, &m, data.clone()));
+            b.to_async(&rt)
+                .iter(|| insert(storage, &k, &m, data.clone()));
         });
     }
     group.finish();
@@ -127,17 +145,28 @@ fn bench_disk(c: &mut Criterion) {
         if stats.disk_objects as usize >= keys.len() && stats.disk_index_loaded {
             break;
         }
-        assert!(Instant::now() < deadline, "disk tier never caught up: {stats:?}");
+        assert!(
+            Instant::now() < deadline,
+            "disk tier never caught up: {stats:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut group = c.benchmark_group("cache/disk");
     for (k, len, label) in &keys {
         assert_eq!(rt.block_on(hit(storage, k)), *len);
-        assert_eq!(storage.stats().memory_objects, 0, "memory tier should stay empty");
+        assert_eq!(
+            storage.stats().memory_objects,
+            0,
+            "memory tier should stay empty"
+        );
         group.throughput(Throughput::Elements(1));
-        group.bench_with_input(BenchmarkId::new("lookup_hit_read_body", label), k, |b, k| {
-            b.to_async(&rt).iter(|| hit(storage, k));
-        });
+        group.bench_with_input(
+            BenchmarkId::new("lookup_hit_read_body", label),
+            k,
+            |b, k| {
+                b.to_async(&rt).iter(|| hit(storage, k));
+            },
+        );
     }
     group.finish();
     drop(dir);

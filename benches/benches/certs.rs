@@ -34,7 +34,11 @@ fn bench_resolve(c: &mut Criterion) {
     let ca = TestCa::new();
     // One domain: `example.com` with `*.example.com` on the same leaf (the usual apex + wildcard cert).
     let one_dir = tempfile::tempdir().unwrap();
-    write(one_dir.path(), "example.com", &ca.leaf(&["example.com", "*.example.com"]));
+    write(
+        one_dir.path(),
+        "example.com",
+        &ca.leaf(&["example.com", "*.example.com"]),
+    );
     let one = store(one_dir.path(), 1);
     // 1,000 domains, each its own directory and leaf (`siteN.test` + `*.siteN.test`).
     let many_dir = tempfile::tempdir().unwrap();
@@ -63,7 +67,11 @@ fn bench_resolve(c: &mut Criterion) {
     let mut group = c.benchmark_group("certs/resolve_name");
     group.throughput(Throughput::Elements(1));
     for (id, store, sni, found) in cases {
-        assert_eq!(store.resolve_name(Some(sni)).is_some(), found, "{id}: {sni}");
+        assert_eq!(
+            store.resolve_name(Some(sni)).is_some(),
+            found,
+            "{id}: {sni}"
+        );
         group.bench_with_input(BenchmarkId::from_parameter(id), sni, |b, sni| {
             b.iter(|| store.resolve_name(Some(black_box(sni))));
         });

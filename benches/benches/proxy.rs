@@ -35,7 +35,14 @@ fn bench_request(c: &mut Criterion) {
     // Note: also parses the template and builds a RequestHeader each call (the proxy does neither
     // per request: the template is parsed at config load, the header exists already).
     group.bench_function("cache_key", |b| {
-        b.iter(|| cache_key(template, true, black_box("example.com"), black_box("/a/b?c=d")));
+        b.iter(|| {
+            cache_key(
+                template,
+                true,
+                black_box("example.com"),
+                black_box("/a/b?c=d"),
+            )
+        });
     });
 
     let v1: &[u8] = b"PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\nGET / HTTP/1.1\r\n";
@@ -45,9 +52,18 @@ fn bench_request(c: &mut Criterion) {
     v2.extend_from_slice(&56324u16.to_be_bytes());
     v2.extend_from_slice(&443u16.to_be_bytes());
     v2.extend_from_slice(b"\x16\x03\x01"); // the TLS ClientHello that follows
-    for (id, buf) in [("parse_proxy_header/v1", v1), ("parse_proxy_header/v2", &v2[..])] {
+    for (id, buf) in [
+        ("parse_proxy_header/v1", v1),
+        ("parse_proxy_header/v2", &v2[..]),
+    ] {
         assert!(
-            matches!(parse_proxy_header(buf), Parsed::Header { client: Some(_), .. }),
+            matches!(
+                parse_proxy_header(buf),
+                Parsed::Header {
+                    client: Some(_),
+                    ..
+                }
+            ),
             "{id}"
         );
         group.bench_function(id, |b| b.iter(|| parse_proxy_header(black_box(buf))));

@@ -43,7 +43,10 @@ pub fn decode_entry_for_fuzz(bytes: &[u8]) -> bool {
     use disk::format;
     let header = format::read_header(&mut std::io::Cursor::new(bytes), bytes.len() as u64);
     let Ok(fixed) = format::parse_fixed(bytes) else {
-        assert!(header.is_err(), "index loader accepted an unparseable header");
+        assert!(
+            header.is_err(),
+            "index loader accepted an unparseable header"
+        );
         return false;
     };
     let Ok(layout) = format::verify(bytes, &fixed.hash) else {

@@ -3,4 +3,6 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| edgepop::fuzz_api::proxy_header(data));
+fuzz_target!(|data: &[u8]| {
+    let _ = edgepop::fuzz_api::proxy_header(data);
+});

@@ -7,19 +7,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::proxy_protocol::{self, Parsed};
 
-/// `Config::parse` on arbitrary text (invalid UTF-8 is skipped): errors, never panics.
-pub fn config(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = crate::Config::parse("fuzz.toml", text);
-    }
+/// `Config::parse` on arbitrary text (invalid UTF-8 is skipped): errors, never panics. Returns whether the
+/// text was a valid configuration.
+pub fn config(data: &[u8]) -> bool {
+    std::str::from_utf8(data).is_ok_and(|text| crate::Config::parse("fuzz.toml", text).is_ok())
 }
 
 /// The PROXY protocol parser on arbitrary bytes. A header never claims more bytes than it was given, and a
 /// parse of a longer buffer with the same prefix agrees on the header (what follows belongs to TLS/HTTP).
-pub fn proxy_header(data: &[u8]) {
+/// Returns whether `data` starts with a complete, valid header.
+pub fn proxy_header(data: &[u8]) -> bool {
     let parsed = proxy_protocol::parse(data);
     if let Parsed::Header { len, client } = &parsed {
-        assert!(*len > 0 && *len <= data.len(), "header len {len} of {}", data.len());
+        assert!(
+            *len > 0 && *len <= data.len(),
+            "header len {len} of {}",
+            data.len()
+        );
         let mut longer = data.to_vec();
         longer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(
@@ -31,19 +35,22 @@ pub fn proxy_header(data: &[u8]) {
             "trailing bytes changed the header"
         );
     }
+    matches!(parsed, Parsed::Header { .. })
 }
 
-/// The disk tier's entry decoder (see `edgepop_cache::decode_entry_for_fuzz`).
-pub fn cache_entry(data: &[u8]) {
-    let _ = edgepop_cache::decode_entry_for_fuzz(data);
+/// The disk tier's entry decoder (see `edgepop_cache::decode_entry_for_fuzz`). Returns whether the entry was
+/// accepted.
+pub fn cache_entry(data: &[u8]) -> bool {
+    edgepop_cache::decode_entry_for_fuzz(data)
 }
 
 /// Separates the chain from the key in a `cert_pair` input; without it the input is split in half.
 pub const CERT_PAIR_SEPARATOR: &[u8] = b"\n--8<--\n";
 
 /// The certificate loader (`edgepop_certs::scan`, what `edgepop check` and every reload run) on a chain and key
-/// written to a fresh directory. Never panics, and no error message carries a line of the key file.
-pub fn cert_pair(data: &[u8]) {
+/// written to a fresh directory. Never panics, and no error message carries a line of the key file. Returns
+/// whether the pair was accepted.
+pub fn cert_pair(data: &[u8]) -> bool {
     static N: AtomicU64 = AtomicU64::new(0);
     let (chain, key) = match data
         .windows(CERT_PAIR_SEPARATOR.len())
@@ -61,6 +68,7 @@ pub fn cert_pair(data: &[u8]) {
     let written = std::fs::create_dir_all(&domain)
         .and_then(|()| std::fs::write(domain.join("chain.pem"), chain))
         .and_then(|()| std::fs::write(domain.join("key.pem"), key));
+    let mut accepted = false;
     if written.is_ok() {
         let settings = edgepop_certs::CertSettings {
             dir: root.clone(),
@@ -68,6 +76,7 @@ pub fn cert_pair(data: &[u8]) {
         };
         if let Ok(checks) = edgepop_certs::scan(&settings) {
             for (_, result) in checks {
+                accepted = result.is_ok();
                 if let Err(e) = result {
                     let shown = format!("{e} {e:?} {}", Chain(&e));
                     for line in key.split(|b| *b == b'\n') {
@@ -82,6 +91,7 @@ pub fn cert_pair(data: &[u8]) {
         }
     }
     let _ = std::fs::remove_dir_all(&root);
+    accepted
 }
 
 /// An error with its whole source chain, as `{:#}` of an anyhow error prints it.

@@ -247,6 +247,16 @@ pub(crate) enum IfState {
     Missing,
 }
 
+impl IfState {
+    fn from_u8(x: u8) -> IfState {
+        match x {
+            x if x == IfState::Down as u8 => IfState::Down,
+            x if x == IfState::Missing as u8 => IfState::Missing,
+            _ => IfState::Up,
+        }
+    }
+}
+
 /// An interface upstream connections are bound to, with its last seen state.
 pub(crate) struct Interface {
     name: Box<str>,
@@ -267,18 +277,19 @@ impl Interface {
 
     /// The state seen at the last refresh (at most `TICK` old, or as of the last failed connection).
     pub(crate) fn state(&self) -> IfState {
-        match self.state.load(Ordering::Relaxed) {
-            x if x == IfState::Down as u8 => IfState::Down,
-            x if x == IfState::Missing as u8 => IfState::Missing,
-            _ => IfState::Up,
-        }
+        IfState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Reads the state from the system; returns (before, now).
+    /// Reads the state from the system and logs a change; returns (before, now).
     pub(crate) fn refresh(&self) -> (IfState, IfState) {
         let now = read_interface(&self.name);
-        let before = self.state();
-        self.state.store(now as u8, Ordering::Relaxed);
+        let before = IfState::from_u8(self.state.swap(now as u8, Ordering::Relaxed));
+        if before != now {
+            match now {
+                IfState::Up => tracing::info!("{}", self.describe(now)),
+                _ => tracing::warn!("{}", self.describe(now)),
+            }
+        }
         (before, now)
     }
 
@@ -443,13 +454,7 @@ impl HealthService {
         for up in &state.upstreams {
             let name = up.config.name.as_str();
             if let Some(iface) = &up.interface {
-                let (before, now) = iface.refresh();
-                if before != now {
-                    match now {
-                        IfState::Up => tracing::info!(upstream = name, "{}", iface.describe(now)),
-                        _ => tracing::warn!(upstream = name, "{}", iface.describe(now)),
-                    }
-                }
+                let (_, now) = iface.refresh();
                 INTERFACE_UP
                     .with_label_values(&[iface.name()])
                     .set(i64::from(now == IfState::Up));

@@ -62,9 +62,15 @@ pub mod bench_api {
     pub use crate::proxy_protocol::{Parsed, parse as parse_proxy_header};
 
     /// The cache key for `template` (nginx syntax, e.g. `$scheme$host$request_uri`), as the proxy builds it.
-    pub fn cache_key(template: &str, tls: bool, host: &str, path_and_query: &str) -> Option<String> {
+    pub fn cache_key(
+        template: &str,
+        tls: bool,
+        host: &str,
+        path_and_query: &str,
+    ) -> Option<String> {
         let parts = crate::config::parse_key_template(template).ok()?;
-        let req = pingora::http::RequestHeader::build("GET", path_and_query.as_bytes(), None).ok()?;
+        let req =
+            pingora::http::RequestHeader::build("GET", path_and_query.as_bytes(), None).ok()?;
         Some(crate::cache::primary_key(&parts, tls, host, &req))
     }
 
@@ -91,14 +97,19 @@ pub mod bench_api {
     // Same names as proxy/src/service.rs (static, so inserting them allocates nothing for the name).
     static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
     static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
-    static X_FORWARDED_SERVER: http::HeaderName = http::HeaderName::from_static("x-forwarded-server");
+    static X_FORWARDED_SERVER: http::HeaderName =
+        http::HeaderName::from_static("x-forwarded-server");
     static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
     static X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
 
     /// A `GET` for `path_and_query` with the headers a desktop browser sends (host, user-agent,
     /// accept*, cookie, sec-fetch-*, and an `x-forwarded-for` from a previous hop).
-    pub fn browser_request(host: &str, path_and_query: &str) -> pingora::Result<pingora::http::RequestHeader> {
-        let mut req = pingora::http::RequestHeader::build("GET", path_and_query.as_bytes(), Some(16))?;
+    pub fn browser_request(
+        host: &str,
+        path_and_query: &str,
+    ) -> pingora::Result<pingora::http::RequestHeader> {
+        let mut req =
+            pingora::http::RequestHeader::build("GET", path_and_query.as_bytes(), Some(16))?;
         req.insert_header(http::header::HOST, host)?;
         req.insert_header(
             http::header::USER_AGENT,
@@ -111,7 +122,10 @@ pub mod bench_api {
         req.insert_header(http::header::ACCEPT_LANGUAGE, "en-GB,en;q=0.7,de;q=0.3")?;
         req.insert_header(http::header::ACCEPT_ENCODING, "gzip, deflate, br, zstd")?;
         req.insert_header(http::header::CONNECTION, "keep-alive")?;
-        req.insert_header(http::header::COOKIE, "session=4f1c2e9a7b3d8c6e5f0a1b2c3d4e5f60; theme=dark")?;
+        req.insert_header(
+            http::header::COOKIE,
+            "session=4f1c2e9a7b3d8c6e5f0a1b2c3d4e5f60; theme=dark",
+        )?;
         req.insert_header(http::header::UPGRADE_INSECURE_REQUESTS, "1")?;
         req.insert_header("sec-fetch-dest", "document")?;
         req.insert_header("sec-fetch-mode", "navigate")?;
@@ -132,7 +146,11 @@ pub mod bench_api {
         client_ip: std::net::IpAddr,
     ) -> pingora::Result<()> {
         use pingora::{Error, ErrorType};
-        let proto = if tls { &crate::state::HTTPS } else { &crate::state::HTTP };
+        let proto = if tls {
+            &crate::state::HTTPS
+        } else {
+            &crate::state::HTTP
+        };
         req.insert_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
         let value = http::HeaderValue::from_str(host)
             .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "host"))?;

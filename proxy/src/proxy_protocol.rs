@@ -145,7 +145,8 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
         // A v1 header ends at the first CRLF: if it is there and the parser still wants more, it is malformed.
-        let v1_ended = matches!(kind, Kind::V1) && buf.windows(2).take(V1_MAX).any(|w| w == b"\r\n");
+        let v1_ended =
+            matches!(kind, Kind::V1) && buf.windows(2).take(V1_MAX).any(|w| w == b"\r\n");
         let too_long = buf.len() >= V2_MAX || (matches!(kind, Kind::V1) && buf.len() >= V1_MAX);
         return if v1_ended || too_long {
             Parsed::Malformed

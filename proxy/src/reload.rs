@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::config::{Config, Site};
 use crate::metrics;
@@ -44,6 +44,20 @@ pub(crate) struct Reloader {
     state: Arc<ArcSwap<State>>,
     certs: Option<Arc<edgepop_certs::CertStore>>,
     resolver: Option<Arc<edgepop_resolver::Resolver>>,
+    /// SIGHUP, subscribed to before the server starts.
+    hup: std::sync::Mutex<Option<Signal>>,
+}
+
+/// Subscribes to SIGHUP at once, through a throw-away runtime. From here on a SIGHUP is queued for the reload task
+/// (tokio's handler stays installed for the life of the process, and the subscription is plain channel state that
+/// pingora's runtimes then drive) instead of killing the process, the default action, while pingora is starting.
+fn subscribe_early() -> Option<Signal> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .ok()?;
+    let _enter = rt.enter();
+    signal(SignalKind::hangup()).ok()
 }
 
 impl Reloader {
@@ -59,6 +73,7 @@ impl Reloader {
             state,
             certs,
             resolver,
+            hup: std::sync::Mutex::new(subscribe_early()),
         }
     }
 
@@ -277,7 +292,8 @@ pub(crate) fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let early = self.hup.lock().ok().and_then(|mut h| h.take());
+        let Some(mut hup) = early.or_else(|| signal(SignalKind::hangup()).ok()) else {
             tracing::error!("cannot install the SIGHUP handler; reload by restarting");
             return;
         };

@@ -337,11 +337,15 @@ impl UpstreamState {
         peer
     }
 
-    /// The interface's known state when it is not usable: checked before each request, so a request fails at
-    /// once with a clear reason rather than on a pooled connection that can no longer reach the origin.
+    /// The interface's state when it is not usable: checked before each request, so a request fails at once with
+    /// a clear reason rather than on a pooled connection that can no longer reach the origin. The usual case reads
+    /// one atomic; once the interface is known bad, each request re-reads it, so recovery is seen at once.
     pub(crate) fn interface_unusable(&self) -> Option<(&Interface, IfState)> {
         let iface = self.interface.as_deref()?;
-        match iface.state() {
+        if iface.state() == IfState::Up {
+            return None;
+        }
+        match iface.refresh().1 {
             IfState::Up => None,
             s => Some((iface, s)),
         }

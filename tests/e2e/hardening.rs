@@ -45,8 +45,22 @@ async fn start(origin: &Origin) -> (Edgepop, TestCa) {
     let ca = TestCa::new();
     let builder = Edgepop::builder(&config(origin));
     let certs = builder.dir().join("certs");
-    write_pair(&certs, "a.test", &ca.leaf(&["a.test"]), "chain.pem", "key.pem").unwrap();
-    write_pair(&certs, "b.test", &ca.leaf(&["b.test"]), "chain.pem", "key.pem").unwrap();
+    write_pair(
+        &certs,
+        "a.test",
+        &ca.leaf(&["a.test"]),
+        "chain.pem",
+        "key.pem",
+    )
+    .unwrap();
+    write_pair(
+        &certs,
+        "b.test",
+        &ca.leaf(&["b.test"]),
+        "chain.pem",
+        "key.pem",
+    )
+    .unwrap();
     (builder.wait_ready().start().await, ca)
 }
 
@@ -145,7 +159,11 @@ async fn unknown_missing_duplicate_and_malformed_hosts_are_refused() {
             b"GET /u HTTP/1.1\r\nHost: other.example\r\n\r\n",
             &[421],
         ),
-        ("missing Host on HTTP/1.1", b"GET /u HTTP/1.1\r\n\r\n", &[400]),
+        (
+            "missing Host on HTTP/1.1",
+            b"GET /u HTTP/1.1\r\n\r\n",
+            &[400],
+        ),
         ("empty Host", b"GET /u HTTP/1.1\r\nHost: \r\n\r\n", &[400]),
         (
             "two Host fields",
@@ -162,11 +180,7 @@ async fn unknown_missing_duplicate_and_malformed_hosts_are_refused() {
             b"GET /u HTTP/1.1\r\nHost: a.test/other\r\n\r\n",
             &[400, 421],
         ),
-        (
-            "HTTP/1.0 without Host",
-            b"GET /u HTTP/1.0\r\n\r\n",
-            &[400],
-        ),
+        ("HTTP/1.0 without Host", b"GET /u HTTP/1.0\r\n\r\n", &[400]),
         (
             "IP literal Host",
             b"GET /u HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
@@ -194,7 +208,11 @@ async fn admin_paths_on_public_listeners_never_reach_the_admin_service() {
         for client in [Client::plain(ep.http), Client::tls(ep.https, &ca, true)] {
             let resp = client.get("a.test", path).await;
             assert_eq!(resp.status, 200, "{path}");
-            assert_eq!(resp.text(), "origin page\n", "{path}: edgepop answered itself");
+            assert_eq!(
+                resp.text(),
+                "origin page\n",
+                "{path}: edgepop answered itself"
+            );
             assert!(!resp.text().contains("edgepop_"), "{path}");
             assert_eq!(origin.last().uri, path);
         }
@@ -222,7 +240,10 @@ async fn content_length_and_transfer_encoding_cannot_smuggle_a_second_request() 
     )
     .await;
     assert_refused("CL+TE", &out, &[0, 200, 400]);
-    assert!(!out.contains("HTTP/1.1 200 OK\r\n") || out.matches("HTTP/1.1").count() == 1, "{out}");
+    assert!(
+        out.matches("HTTP/1.1 ").count() <= 1,
+        "two responses: {out}"
+    );
     for seen in origin.seen() {
         assert!(
             seen.header("content-length").is_empty() || seen.header("transfer-encoding").is_empty(),
@@ -233,16 +254,17 @@ async fn content_length_and_transfer_encoding_cannot_smuggle_a_second_request() 
         }
     }
     // TE.CL: the chunked body hides a request inside what a Content-Length reader would stop at.
-    let out = send(
-        &ep,
-        b"POST /tecl HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
-          2a\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n\r\n0\r\n\r\n",
-    )
-    .await;
+    let hidden = "GET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let tecl = format!(
+        "POST /tecl HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
+         {:x}\r\n{hidden}\r\n0\r\n\r\n",
+        hidden.len()
+    );
+    let out = send(&ep, tecl.as_bytes()).await;
     assert_refused("TE+CL", &out, &[0, 200, 400]);
     for seen in origin.seen().iter().filter(|s| s.uri == "/tecl") {
         assert!(seen.header("content-length").is_empty(), "{seen:?}");
-        assert!(seen.body.starts_with(b"GET /smuggled"), "{seen:?}");
+        assert_eq!(&seen.body[..], hidden.as_bytes(), "{seen:?}");
     }
     assert!(!origin_saw(&origin, "/smuggled"), "{:?}", origin.seen());
 
@@ -250,30 +272,30 @@ async fn content_length_and_transfer_encoding_cannot_smuggle_a_second_request() 
     let cases: [(&str, &[u8]); 5] = [
         (
             "TE identity",
-            b"POST /te HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: identity\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /badte HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: identity\r\nContent-Length: 5\r\n\r\nhello",
         ),
         (
             "TE xchunked",
-            b"POST /te HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /badte HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
         (
             "TE chunked, then gzip",
-            b"POST /te HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /badte HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
         (
             "TE on HTTP/1.0",
-            b"POST /te HTTP/1.0\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /badte HTTP/1.0\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
         (
             "TE with a space before the colon",
-            b"POST /te HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding : chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /badte HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding : chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
     ];
     for (case, req) in cases {
         let out = send(&ep, req).await;
         assert_refused(case, &out, &[0, 400]);
     }
-    assert!(!origin_saw(&origin, "/te"), "{:?}", origin.seen());
+    assert!(!origin_saw(&origin, "/badte"), "{:?}", origin.seen());
 }
 
 #[tokio::test]
@@ -380,7 +402,7 @@ async fn malformed_request_lines_and_header_fields_are_refused() {
         "GET /long-header HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
         "b".repeat(100 * 1024)
     );
-    let cases: [(&str, &[u8], &[u16]); 11] = [
+    let cases: [(&str, &[u8], &[u16]); 10] = [
         (
             "obs-fold",
             b"GET /fold HTTP/1.1\r\nHost: a.test\r\nX-Folded: one\r\n two\r\n\r\n",
@@ -431,17 +453,42 @@ async fn malformed_request_lines_and_header_fields_are_refused() {
             b"GET /v HTTP/9.9\r\nHost: a.test\r\n\r\n",
             &[0, 400, 505],
         ),
-        (
-            "space in the request target",
-            b"GET /a b HTTP/1.1\r\nHost: a.test\r\n\r\n",
-            &[0, 400],
-        ),
     ];
     for (case, req, allowed) in cases {
         let out = send(&ep, req).await;
         assert_refused(case, &out, allowed);
     }
     assert_eq!(origin.hits(), 0, "forwarded: {:?}", origin.seen());
+
+    // Spaces, control bytes and <>" in the request target: pingora 0.9.1 percent-encodes them
+    // (`escape_illegal_request_line`) rather than answering 400 as RFC 9112 §3.2 suggests and nginx does. The
+    // origin receives one canonical request, never the raw bytes and never a second request; pinned here so a
+    // change in pingora is noticed (docs/security.md).
+    let escaped: [(&[u8], &str); 3] = [
+        (
+            b"GET /a b HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            "/a%20b",
+        ),
+        (
+            b"GET /a\x01\x7fb HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            "/a%01%7Fb",
+        ),
+        (
+            b"GET /a HTTP/1.0 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            "/a%20HTTP/1.0",
+        ),
+    ];
+    for (req, want) in escaped {
+        let before = origin.hits();
+        let out = send(&ep, req).await;
+        if status(&out) == 200 {
+            assert_eq!(origin.hits(), before + 1);
+            assert_eq!(origin.last().uri, want);
+        } else {
+            assert_refused(want, &out, &[0, 400]);
+            assert_eq!(origin.hits(), before);
+        }
+    }
 
     // Bare LF line endings (RFC 9112 §2.2 lets a server accept them): either refused, or parsed as the same single
     // request the origin then receives in canonical form; never a second request.
@@ -489,7 +536,9 @@ mod h2raw {
     pub(super) fn frames(mut bytes: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
         let mut out = Vec::new();
         while bytes.len() >= 9 {
-            let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+            let len = (usize::from(bytes[0]) << 16)
+                | (usize::from(bytes[1]) << 8)
+                | usize::from(bytes[2]);
             let kind = bytes[3];
             let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
             let Some(payload) = bytes.get(9..9 + len) else {
@@ -541,16 +590,18 @@ async fn h2_exchange(
 
 /// Whether stream 1 was reset, the connection was closed with GOAWAY, or the answer was a 4xx.
 fn h2_refused(frames: &[(u8, u32, Vec<u8>)]) -> bool {
-    frames.iter().any(|(kind, stream, payload)| match (kind, stream) {
-        (0x3, 1) | (0x7, _) => true,
-        // HEADERS on stream 1: HPACK static-table :status 400 (0x8c) or 404 (0x8d); anything else is examined
-        // as a literal ":status" whose value starts with '4'.
-        (0x1, 1) => {
-            matches!(payload.first(), Some(0x8c | 0x8d))
-                || payload.windows(2).any(|w| w[0] == 3 && w[1] == b'4')
-        }
-        _ => false,
-    })
+    frames
+        .iter()
+        .any(|(kind, stream, payload)| match (kind, stream) {
+            (0x3, 1) | (0x7, _) => true,
+            // HEADERS on stream 1: HPACK static-table :status 400 (0x8c) or 404 (0x8d); anything else is examined
+            // as a literal ":status" whose value starts with '4'.
+            (0x1, 1) => {
+                matches!(payload.first(), Some(0x8c | 0x8d))
+                    || payload.windows(2).any(|w| w[0] == 3 && w[1] == b'4')
+            }
+            _ => false,
+        })
 }
 
 #[tokio::test]
@@ -571,22 +622,35 @@ async fn http2_pseudo_header_abuse_is_reset_and_never_forwarded() {
     )
     .await;
     assert!(
-        ok.iter().any(|(k, s, p)| *k == 0x1 && *s == 1 && p.first() == Some(&0x88)),
+        ok.iter()
+            .any(|(k, s, p)| *k == 0x1 && *s == 1 && p.first() == Some(&0x88)),
         "no :status 200 for a valid request: {ok:?}"
     );
     assert_eq!(origin.last().uri, "/h2-ok");
     let hits = origin.hits();
 
-    let base = [(":method", "GET"), (":scheme", "https"), (":authority", "a.test")];
+    let base = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "a.test"),
+    ];
     let mut cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
         ("missing :path", base.to_vec()),
         (
             "connection-specific header",
-            [&base[..], &[(":path", "/h2-bad"), ("connection", "keep-alive")]].concat(),
+            [
+                &base[..],
+                &[(":path", "/h2-bad"), ("connection", "keep-alive")],
+            ]
+            .concat(),
         ),
         (
             "transfer-encoding header",
-            [&base[..], &[(":path", "/h2-bad"), ("transfer-encoding", "chunked")]].concat(),
+            [
+                &base[..],
+                &[(":path", "/h2-bad"), ("transfer-encoding", "chunked")],
+            ]
+            .concat(),
         ),
         (
             "pseudo-header after a regular header",
@@ -636,7 +700,9 @@ async fn http2_pseudo_header_abuse_is_reset_and_never_forwarded() {
     )
     .await;
     assert!(
-        frames.iter().any(|(k, s, p)| *k == 0x1 && *s == 1 && !p.is_empty() && p[0] != 0x88),
+        frames
+            .iter()
+            .any(|(k, s, p)| *k == 0x1 && *s == 1 && !p.is_empty() && p[0] != 0x88),
         "{frames:?}"
     );
     assert_eq!(origin.hits(), hits, "forwarded: {:?}", origin.seen());
@@ -670,10 +736,18 @@ async fn host_and_sni_of_different_sites_are_served_by_host() {
 #[test]
 fn fuzz_corpus_runs_clean_on_stable() {
     // The seeds of fuzz/corpus/<target>/ run through the same functions as the cargo-fuzz targets, so CI checks
-    // every seed (and every crash turned regression input) without nightly.
+    // every seed (and every crash turned regression input) without nightly. Seeds named `valid-*`/`ok-*` must be
+    // accepted and `bad-*`/`bitflip-*`/`truncated-*` refused, so the corpus also checks the decoders still decide.
+    type Run = fn(&[u8]) -> bool;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let targets: [(&str, Run); 4] = [
+        ("config", edgepop::fuzz_api::config),
+        ("proxy_header", edgepop::fuzz_api::proxy_header),
+        ("cache_entry", edgepop::fuzz_api::cache_entry),
+        ("cert_pair", edgepop::fuzz_api::cert_pair),
+    ];
     let mut total = 0;
-    for target in ["config", "proxy_header", "cache_entry", "cert_pair"] {
+    for (target, run) in targets {
         let dir = root.join(target);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -681,19 +755,28 @@ fn fuzz_corpus_runs_clean_on_stable() {
             .filter(|p| p.is_file())
             .collect();
         files.sort();
-        assert!(!files.is_empty(), "{} has no seeds", dir.display());
+        assert!(
+            files.len() >= 20,
+            "{} has only {} seeds",
+            dir.display(),
+            files.len()
+        );
         for file in files {
             let data = std::fs::read(&file).unwrap();
-            let run = match target {
-                "config" => edgepop::fuzz_api::config,
-                "proxy_header" => edgepop::fuzz_api::proxy_header,
-                "cache_entry" => edgepop::fuzz_api::cache_entry,
-                _ => edgepop::fuzz_api::cert_pair,
-            };
-            let caught = std::panic::catch_unwind(|| run(&data));
-            assert!(caught.is_ok(), "{target}: {} panicked", file.display());
+            let accepted = std::panic::catch_unwind(|| run(&data))
+                .unwrap_or_else(|_| panic!("{target}: {} panicked", file.display()));
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("valid-") || name.starts_with("ok-") {
+                assert!(accepted, "{target}: {name} was refused");
+            }
+            if ["bad-", "bitflip-", "truncated-"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
+                assert!(!accepted, "{target}: {name} was accepted");
+            }
             total += 1;
         }
     }
-    assert!(total > 40, "only {total} seeds");
+    assert!(total > 100, "only {total} seeds");
 }

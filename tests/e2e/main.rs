@@ -6,6 +6,7 @@
 mod cache; // the response cache: RFC 9111 semantics, stale serving, persistence, purge
 mod deploy; // deploy/ files agree with deploy/edgepop.toml
 mod edge; // nginx parity: PROXY protocol, real IP, compression, limits, redirects, access log
+mod hardening; // hostile clients: open-proxy attempts, smuggling, malformed HTTP
 mod ops; // operations: reload, metrics, privileges
 mod proxy; // listeners, TLS, forwarding, errors, WebSocket, draining
 mod tls_reload; // certificates: live reload, torn rotations, readiness, policy

@@ -354,12 +354,12 @@ async fn broken_chain_files_keep_the_old_pair_and_are_logged_and_counted() {
         ("empty", b"", "no certificate in"),
         (
             "truncated in base64",
-            good.chain_pem[..leaf_end + 100].as_bytes(),
+            &good.chain_pem.as_bytes()[..leaf_end + 100],
             "missing END line (truncated file?)",
         ),
         (
             "truncated in a BEGIN line",
-            good.chain_pem[..leaf_end + 8].as_bytes(),
+            &good.chain_pem.as_bytes()[..leaf_end + 8],
             "incomplete BEGIN line (truncated file?)",
         ),
     ];

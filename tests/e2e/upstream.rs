@@ -40,7 +40,7 @@ async fn metric(ep: &Edgepop, name: &str, labels: &[(&str, &str)]) -> f64 {
 fn config(dns: Option<&TestDns>, upstream: &str) -> String {
     let dns = dns.map_or_else(String::new, |d| {
         format!(
-            "[dns]\nnameservers = [\"{}\"]\nmin-ttl = \"1s\"\ntimeout = \"2s\"\nip-strategy = \"ipv4-only\"\n",
+            "[dns]\nnameservers = [\"{}\"]\nmin-ttl = \"1s\"\ntimeout = \"3s\"\nip-strategy = \"ipv4-only\"\n",
             d.addr()
         )
     });
@@ -85,10 +85,10 @@ async fn a_changed_record_is_followed_after_its_ttl_without_a_request_path_looku
     assert_eq!(a.hits(), 1);
     assert_eq!(b.hits(), 0);
 
-    // The record moves; the nameserver now takes 700 ms to answer. Requests must not wait for it: the
+    // The record moves; the nameserver now takes 1.5 s to answer. Requests must not wait for it: the
     // background refresher re-resolves after the 1 s TTL and requests switch without ever being slow.
     dns.set_a("origin.test", &[Ipv4Addr::new(127, 0, 0, 3)], 1);
-    dns.set_delay(Duration::from_millis(700));
+    dns.set_delay(Duration::from_millis(1500));
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut slowest = Duration::ZERO;
     while b.hits() == 0 {
@@ -102,7 +102,7 @@ async fn a_changed_record_is_followed_after_its_ttl_without_a_request_path_looku
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(1),
         "a request waited for DNS: {slowest:?}"
     );
     assert!(dns.queries("origin.test") >= 2, "the change was looked up");

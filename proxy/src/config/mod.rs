@@ -677,7 +677,7 @@ impl Validator<'_> {
                 );
             }
             let max_connections = match &l_ref.max_connections {
-                None => 4096,
+                None => 1024,
                 Some(m) if *m.get_ref() == 0 => {
                     self.error(
                         m.span(),

@@ -216,7 +216,7 @@ pub(crate) struct RawListener {
     /// CIDRs allowed to send a PROXY header (nginx `set_real_ip_from`). Required when proxy-protocol is on.
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<Spanned<String>>,
-    /// Maximum open client connections on this listener; further connections are closed at once. Default 4096.
+    /// Maximum open client connections on this listener; further connections are closed at once. Default 1024 (sized for a 256 MB machine: see docs/operations.md).
     #[serde(default)]
     pub(crate) max_connections: Option<Spanned<usize>>,
 }
