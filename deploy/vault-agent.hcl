@@ -48,6 +48,9 @@ template_config {
 template {
   destination = "/var/lib/edgepop/certs/example.com/chain.pem"
   perms       = "0400"
+  # edgepop drops to this user after binding (server.user) and rereads the pair on every rotation.
+  user        = "edgepop"
+  group       = "edgepop"
   contents    = <<EOT
 {{ with secret "secret/data/edgepop/certs/example.com" }}{{ .Data.data.chain }}{{ end }}
 EOT
@@ -57,6 +60,9 @@ EOT
 template {
   destination = "/var/lib/edgepop/certs/example.com/key.pem"
   perms       = "0400"
+  # edgepop drops to this user after binding (server.user) and rereads the pair on every rotation.
+  user        = "edgepop"
+  group       = "edgepop"
   contents    = <<EOT
 {{ with secret "secret/data/edgepop/certs/example.com" }}{{ .Data.data.key }}{{ end }}
 EOT

@@ -36,6 +36,8 @@ upstream = "app"
 '''
 cases={
  'empty.toml':'',
+ 'ok-certs-dir-refuse.toml':site.replace('[tls]\n','[tls]\ncerts-dir-insecure = "refuse"\n'),
+ 'bad-certs-dir-insecure.toml':site.replace('[tls]\n','[tls]\ncerts-dir-insecure = "maybe"\n'),
  'nested-arrays-deep.toml':'a = '+'['*20000+']'*20000+'\n',
  'nested-inline-deep.toml':'a = '+'{b = '*20000+'1'+'}'*20000+'\n',
  'ok-minimal.toml':minimal,

@@ -284,6 +284,9 @@ impl Interface {
     pub(crate) fn refresh(&self) -> (IfState, IfState) {
         let now = read_interface(&self.name);
         let before = IfState::from_u8(self.state.swap(now as u8, Ordering::Relaxed));
+        INTERFACE_UP
+            .with_label_values(&[&*self.name])
+            .set(i64::from(now == IfState::Up));
         if before != now {
             match now {
                 IfState::Up => tracing::info!("{}", self.describe(now)),
@@ -454,10 +457,7 @@ impl HealthService {
         for up in &state.upstreams {
             let name = up.config.name.as_str();
             if let Some(iface) = &up.interface {
-                let (_, now) = iface.refresh();
-                INTERFACE_UP
-                    .with_label_values(&[iface.name()])
-                    .set(i64::from(now == IfState::Up));
+                iface.refresh();
                 seen.insert((iface.name().to_owned(), true));
             }
             let addrs = match up.resolve(&self.resolver).await {

@@ -262,8 +262,39 @@ pub(crate) fn check_access(config: &Config, user: &RunningAs) -> Result<(), Erro
                 "certificates directory is not readable by user {user}; TLS handshakes fail until it is"
             ),
         }
+        // Whoever can write there can swap in their own key for any domain (issue 10).
+        if let Some(open) = writable_by_others(dir) {
+            if config.tls.refuse_insecure_certs_dir {
+                return Err(Error::Io {
+                    what: format!(
+                        "{} is writable by others (tls.certs-dir-insecure = \"refuse\")",
+                        open.display()
+                    ),
+                    source: io::Error::from(io::ErrorKind::PermissionDenied),
+                });
+            }
+            tracing::warn!(
+                dir = %open.display(),
+                "certificates directory is writable by others: anyone on this machine can replace a key; \
+                 chmod o-w it (tls.certs-dir-insecure = \"refuse\" makes this fatal)"
+            );
+        }
     }
     Ok(())
+}
+
+/// The certs directory, or the first domain directory in it, that others may write to (mode `o+w`).
+fn writable_by_others(dir: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let open = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o002 != 0);
+    if open(dir) {
+        return Some(dir.to_owned());
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir() && open(p))
 }
 
 /// A directory edgepop may have to create: it must be usable if it exists, else its nearest existing ancestor

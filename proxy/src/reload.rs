@@ -85,10 +85,11 @@ impl Reloader {
         let new = match Config::load(&path) {
             Ok(c) => c,
             Err(errors) => {
-                metrics::config_reloaded(false);
+                // Log first, then count: whoever waits on the metric then finds the lines written.
                 for e in &errors.0 {
                     tracing::error!("reload rejected, keeping the running configuration: {e}");
                 }
+                metrics::config_reloaded(false);
                 return;
             }
         };
@@ -201,6 +202,9 @@ impl Diff {
         if old.http != http {
             live.push("http: changed".to_owned());
         }
+        if old.compression != new.compression {
+            live.push("compression: changed".to_owned());
+        }
         Diff {
             live,
             restart: restart_needed(old, new),
@@ -251,10 +255,9 @@ pub(crate) fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         tls,
         dns,
         access_log,
-        // Not yet carried by `State`: when it is, move it to the reloadable fields below.
-        compression,
         // Applied by a reload (see `Diff::between` and `State::new`), except `http.http2` (ALPN).
         http,
+        compression: _,
         upstreams: _,
         sites: _,
     } = new;
@@ -284,7 +287,6 @@ pub(crate) fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.dns != *dns, "dns");
     check(old.access_log != *access_log, "access-log");
     check(old.cache != *cache, "cache");
-    check(old.compression != *compression, "compression");
     check(old.http.http2 != http.http2, "http.http2");
     out
 }
@@ -358,6 +360,10 @@ mod tests {
             (
                 format!("{BASE}[http]\nhttp2 = false\n"),
                 vec!["http.http2: changed, needs restart"],
+            ),
+            (
+                format!("{BASE}[compression]\nenabled = false\n"),
+                vec!["compression: changed"],
             ),
             (
                 BASE.replace(":8080", ":8081"),

@@ -780,3 +780,63 @@ fn fuzz_corpus_runs_clean_on_stable() {
     }
     assert!(total > 100, "only {total} seeds");
 }
+
+#[tokio::test]
+async fn a_certs_directory_writable_by_others_is_warned_about_or_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    trace_init();
+    let origin = Origin::start().await;
+    let ca = TestCa::new();
+
+    // Default ("warn"): starts, and says which directory and what to do.
+    let builder = Edgepop::builder(&config(&origin));
+    let certs = builder.dir().join("certs");
+    write_pair(
+        &certs,
+        "a.test",
+        &ca.leaf(&["a.test"]),
+        "chain.pem",
+        "key.pem",
+    )
+    .unwrap();
+    std::fs::set_permissions(certs.join("a.test"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ep = builder.wait_ready().start().await;
+    edgepop_tests::assert_eventually!(
+        ep.stderr().contains("writable by others"),
+        Duration::from_secs(5),
+        "no warning about the open certs directory:\n{}",
+        ep.stderr()
+    );
+    assert!(ep.stderr().contains("a.test"), "{}", ep.stderr());
+    drop(ep);
+
+    // "refuse": exits non-zero before serving anything, naming the directory.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let text = format!(
+        "[server]\nallow-root = true\n[admin]\naddress = \"off\"\n[[listener]]\naddress = \"127.0.0.1:{}\"\ntls = true\n\
+         [tls]\ncerts-dir = \"{}\"\ncerts-dir-insecure = \"refuse\"\n[upstream.app]\nservers = [\"{}\"]\n\
+         [[site]]\nnames = [\"a.test\"]\nupstream = \"app\"\n",
+        edgepop_tests::free_port(),
+        certs.display(),
+        origin.addr
+    );
+    let path = dir.path().join("edgepop.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(edgepop_tests::edgepop_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .output(),
+    )
+    .await
+    .expect("edgepop kept running with an open certs directory")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("writable by others"), "{stderr}");
+    assert!(stderr.contains(&certs.display().to_string()), "{stderr}");
+}

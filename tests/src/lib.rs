@@ -311,10 +311,9 @@ impl EdgepopBuilder {
                 Client::plain(ep.admin).try_get("127.0.0.1", path),
             )
             .await
+                && resp.status == 200
             {
-                if resp.status == 200 {
-                    break;
-                }
+                break;
             }
             assert!(
                 Instant::now() < deadline,
@@ -659,10 +658,8 @@ fn websocket_echo(req: &mut hyper::Request<hyper::body::Incoming>) -> hyper::Res
         .await;
         while let Some(Ok(msg)) = ws.next().await {
             match msg {
-                Message::Text(t) => {
-                    if ws.send(Message::text(format!("echo:{t}"))).await.is_err() {
-                        break;
-                    }
+                Message::Text(t) if ws.send(Message::text(format!("echo:{t}"))).await.is_err() => {
+                    break;
                 }
                 Message::Close(_) => break,
                 _ => {}

@@ -110,6 +110,8 @@ pub struct TlsConfig {
     pub session_cache_size: usize,
     /// Fallback rescan period.
     pub rescan_interval: Duration,
+    /// Refuse to start (rather than warn) when the certs directory is writable by others.
+    pub refuse_insecure_certs_dir: bool,
 }
 
 /// Resolver settings.
@@ -720,6 +722,19 @@ impl Validator<'_> {
             session_tickets: raw.session_tickets,
             session_cache_size: raw.session_cache_size,
             rescan_interval: self.duration(&raw.rescan_interval, "tls.rescan-interval"),
+            refuse_insecure_certs_dir: match raw.certs_dir_insecure.get_ref().as_str() {
+                "refuse" => true,
+                "warn" => false,
+                other => {
+                    let span = raw.certs_dir_insecure.span();
+                    self.error(
+                        span,
+                        "tls.certs-dir-insecure",
+                        format!("{other:?}: expected \"warn\" or \"refuse\""),
+                    );
+                    false
+                }
+            },
         }
     }
 

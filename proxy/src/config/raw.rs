@@ -239,6 +239,8 @@ pub(crate) struct RawTls {
     pub(crate) session_cache_size: usize,
     /// Fallback rescan period of the certs directory. Default "60s".
     pub(crate) rescan_interval: Spanned<String>,
+    /// A certs directory (or domain directory in it) writable by others: "warn" (default) or "refuse" to start.
+    pub(crate) certs_dir_insecure: Spanned<String>,
 }
 
 impl Default for RawTls {
@@ -251,6 +253,7 @@ impl Default for RawTls {
             session_tickets: false,
             session_cache_size: 4096,
             rescan_interval: Spanned::new(0..0, "60s".to_owned()),
+            certs_dir_insecure: Spanned::new(0..0, "warn".to_owned()),
         }
     }
 }
