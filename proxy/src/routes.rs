@@ -66,9 +66,9 @@ mod tests {
     use super::*;
 
     fn router() -> Router {
-        let a = vec!["example.com".to_owned(), "www.example.com".to_owned()];
-        let b = vec!["*.example.com".to_owned()];
-        let c = vec!["api.example.com".to_owned(), "*.api.example.com".to_owned()];
+        let a = ["example.com".to_owned(), "www.example.com".to_owned()];
+        let b = ["*.example.com".to_owned()];
+        let c = ["api.example.com".to_owned(), "*.api.example.com".to_owned()];
         Router::new([(&a[..], 0), (&b[..], 1), (&c[..], 2)])
     }
 

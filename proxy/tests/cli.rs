@@ -1,5 +1,8 @@
 //! The `edgepop` command line: exit codes and error text, run as a real process.
 
+// Tests fail by panicking; helper functions here are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 fn edgepop(args: &[&str]) -> (Option<i32>, String, String) {
