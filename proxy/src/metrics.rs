@@ -41,15 +41,15 @@ pub(crate) static HTTP_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
-/// `edgepop_http_request_duration_seconds{site}`
+/// `edgepop_http_request_duration_seconds{site,method,code_class}`
 pub(crate) static HTTP_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     let h = HistogramVec::new(
         HistogramOpts::new(
             "edgepop_http_request_duration_seconds",
-            "Time from request header to the end of the response, by site.",
+            "Time from request header to the end of the response, by site, method class and status class.",
         )
         .buckets(LATENCY_BUCKETS.to_vec()),
-        &["site"],
+        &["site", "method", "code_class"],
     )
     .unwrap_or_else(|e| panic!("static metric definition is invalid: {e}"));
     register(h)
@@ -81,7 +81,7 @@ pub(crate) static CACHE_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
 pub(crate) static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "edgepop_upstream_errors_total",
-        "Failed upstream attempts, by reason (refused, timeout, dns, interface, tls, reset, other).",
+        "Failed upstream attempts, by reason (dns, refused, unreachable, timeout, interface, bind, tls, reset, other).",
         &["reason"],
     )
 });
@@ -257,27 +257,29 @@ fn class_index(status: u16) -> usize {
 #[derive(Debug)]
 pub(crate) struct SiteMetrics {
     site: std::sync::Arc<str>,
-    requests: [std::sync::OnceLock<IntCounter>; METHODS.len() * CLASSES.len()],
-    duration: Histogram,
+    requests: [std::sync::OnceLock<(IntCounter, Histogram)>; METHODS.len() * CLASSES.len()],
 }
 
 impl SiteMetrics {
     pub(crate) fn new(site: std::sync::Arc<str>) -> SiteMetrics {
-        let duration = HTTP_DURATION.with_label_values(&[&*site]);
         SiteMetrics {
             site,
             requests: std::array::from_fn(|_| std::sync::OnceLock::new()),
-            duration,
         }
     }
 
     /// Counts one finished request.
     pub(crate) fn observe(&self, method: &http::Method, status: u16, elapsed: std::time::Duration) {
         let (m, c) = (method_index(method), class_index(status));
-        self.requests[m * CLASSES.len() + c]
-            .get_or_init(|| HTTP_REQUESTS.with_label_values(&[&*self.site, METHODS[m], CLASSES[c]]))
-            .inc();
-        self.duration.observe(elapsed.as_secs_f64());
+        let (count, duration) = self.requests[m * CLASSES.len() + c].get_or_init(|| {
+            let labels = [&*self.site, METHODS[m], CLASSES[c]];
+            (
+                HTTP_REQUESTS.with_label_values(&labels),
+                HTTP_DURATION.with_label_values(&labels),
+            )
+        });
+        count.inc();
+        duration.observe(elapsed.as_secs_f64());
     }
 }
 

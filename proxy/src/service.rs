@@ -133,6 +133,21 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(SocketAddr::ip);
+        // nginx `real_ip_header` + `set_real_ip_from`: only a trusted peer may name the client.
+        if let (Some(name), Some(peer)) = (&ctx.state.http.real_ip_header, ctx.client_ip)
+            && crate::proxy_protocol::trusted(peer, &ctx.state.http.real_ip_from)
+        {
+            let announced = session
+                .req_header()
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok());
+            if let Some(ip) = announced {
+                ctx.client_ip = Some(ip);
+            }
+        }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
 
         let is_h2 = session.is_http2();

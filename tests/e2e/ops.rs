@@ -454,7 +454,7 @@ upstream = "app"
     assert!(
         sum(
             &scrape,
-            r#"edgepop_http_request_duration_seconds_count{site="a.test"}"#
+            r#"edgepop_http_request_duration_seconds_count{code_class="2xx",method="GET",site="a.test"}"#
         ) >= 3.0,
         "{scrape}"
     );

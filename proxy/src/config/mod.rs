@@ -166,6 +166,10 @@ pub struct HttpConfig {
     pub max_header_count: usize,
     /// X-Forwarded-For mode.
     pub forwarded_for: ForwardedFor,
+    /// Header carrying the client address from trusted proxies.
+    pub real_ip_header: Option<http::HeaderName>,
+    /// Peers whose `real_ip_header` is believed.
+    pub real_ip_from: Vec<IpNet>,
     /// Request body limit in bytes.
     pub max_body_size: u64,
     /// 421 or 404.
@@ -816,7 +820,44 @@ impl Validator<'_> {
                 ForwardedFor::Append
             }
         };
+        let real_ip_header = raw.real_ip_header.as_ref().and_then(|h| {
+            match http::HeaderName::from_bytes(h.get_ref().trim().as_bytes()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    self.error(
+                        h.span(),
+                        "http.real-ip-header",
+                        format!("{:?} is not a header name", h.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
+        let mut real_ip_from = Vec::new();
+        for (i, cidr) in raw.real_ip_from.iter().enumerate() {
+            let text = cidr.get_ref().trim();
+            match text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => real_ip_from.push(net.trunc()),
+                Err(_) => self.error(
+                    cidr.span(),
+                    format!("http.real-ip-from[{i}]"),
+                    format!("invalid CIDR {text:?}; expected e.g. \"172.16.0.0/16\""),
+                ),
+            }
+        }
+        if real_ip_header.is_some() && real_ip_from.is_empty() {
+            self.error(
+                raw.real_ip_header.as_ref().map_or(0..0, Spanned::span),
+                "http.real-ip-from",
+                "real-ip-header is set but real-ip-from is empty: list the proxies whose header is believed",
+            );
+        }
         HttpConfig {
+            real_ip_header,
+            real_ip_from,
             max_header_size: self.size(&raw.max_header_size, "http.max-header-size"),
             max_header_count: raw.max_header_count,
             forwarded_for,

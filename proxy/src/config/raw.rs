@@ -310,6 +310,11 @@ pub(crate) struct RawHttp {
     /// `X-Forwarded-For`: "append" the client address to what a trusted client sent (nginx
     /// `$proxy_add_x_forwarded_for`, default) or "replace" it.
     pub(crate) forwarded_for: Spanned<String>,
+    /// Take the client address from this request header (e.g. "Fly-Client-IP" or "X-Forwarded-For", nginx
+    /// `real_ip_header`) when the connection comes from `real-ip-from`. Default: none (the TCP or PROXY address).
+    pub(crate) real_ip_header: Option<Spanned<String>>,
+    /// CIDRs whose `real-ip-header` is believed (nginx `set_real_ip_from`). Default: none.
+    pub(crate) real_ip_from: Vec<Spanned<String>>,
 }
 
 impl Default for RawHttp {
@@ -318,6 +323,8 @@ impl Default for RawHttp {
             max_header_size: Spanned::new(0..0, RawSize::Text("32KiB".to_owned())),
             max_header_count: 100,
             forwarded_for: Spanned::new(0..0, "append".to_owned()),
+            real_ip_header: None,
+            real_ip_from: Vec::new(),
             max_body_size: Spanned::new(0..0, RawSize::Text("10MiB".to_owned())),
             unknown_host_status: Spanned::new(0..0, 421),
             keepalive_timeout: Spanned::new(0..0, "75s".to_owned()),
