@@ -331,13 +331,23 @@ async fn real_ip_header_is_believed_only_from_trusted_peers() {
         )
     };
     let ep = Edgepop::start(&config("127.0.0.0/8")).await;
-    let r = Client::plain(ep.http).header("fly-client-ip", "198.51.100.23").get("a.test", "/").await;
+    let r = Client::plain(ep.http)
+        .header("fly-client-ip", "198.51.100.23")
+        .get("a.test", "/")
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(origin.last().header("x-real-ip"), "198.51.100.23");
     assert_eq!(origin.last().header("x-forwarded-for"), "198.51.100.23");
     drop(ep);
 
     let ep = Edgepop::start(&config("10.0.0.0/8")).await;
-    Client::plain(ep.http).header("fly-client-ip", "198.51.100.23").get("a.test", "/").await;
-    assert_eq!(origin.last().header("x-real-ip"), "127.0.0.1", "an untrusted peer cannot name the client");
+    Client::plain(ep.http)
+        .header("fly-client-ip", "198.51.100.23")
+        .get("a.test", "/")
+        .await;
+    assert_eq!(
+        origin.last().header("x-real-ip"),
+        "127.0.0.1",
+        "an untrusted peer cannot name the client"
+    );
 }
