@@ -25,6 +25,7 @@ mod cli;
 mod compress;
 mod config;
 pub mod demo;
+mod header_deadline;
 mod health;
 mod listener;
 mod metrics;
@@ -440,6 +441,7 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
         drain.clone(),
         config.threads,
         listening.clone(),
+        config.http.header_timeout,
     ));
 
     let readiness = Arc::new(admin::Readiness {

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::Listener as ListenerConfig;
+use crate::header_deadline::HeaderDeadline;
 use crate::metrics;
 use crate::proxy_protocol;
 
@@ -139,6 +140,8 @@ pub(crate) struct PublicListeners<A> {
     threads: usize,
     /// Set once every accept loop runs (read by `/readyz`).
     listening: Arc<std::sync::atomic::AtomicBool>,
+    /// `http.header-timeout` (read at start-up).
+    header_timeout: Duration,
 }
 
 impl<A> PublicListeners<A> {
@@ -149,8 +152,10 @@ impl<A> PublicListeners<A> {
         drain: Arc<Drain>,
         threads: usize,
         listening: Arc<std::sync::atomic::AtomicBool>,
+        header_timeout: Duration,
     ) -> Self {
         PublicListeners {
+            header_timeout,
             bound,
             app: Arc::new(app),
             tls,
@@ -192,6 +197,7 @@ impl<A: ServerApp + Send + Sync + 'static> pingora::services::Service for Public
                 config: bound.config,
                 label,
                 tls,
+                header_timeout: self.header_timeout,
                 slots: Arc::new(Semaphore::new(0)),
             });
             endpoint.slots.add_permits(endpoint.config.max_connections);
@@ -224,6 +230,7 @@ impl<A: ServerApp + Send + Sync + 'static> pingora::services::Service for Public
 }
 
 struct Endpoint {
+    header_timeout: Duration,
     config: ListenerConfig,
     label: String,
     tls: Option<Arc<Acceptor>>,
@@ -333,6 +340,13 @@ async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
             }
         }
     };
+    // HTTP/1 only: an HTTP/2 connection starts with frames, and pingora's h2 server has its own limits.
+    let stream: pingora::protocols::Stream =
+        if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
+            stream
+        } else {
+            Box::new(HeaderDeadline::new(stream, endpoint.header_timeout))
+        };
     let mut next = app.process_new(stream, &shutdown).await;
     while let Some(stream) = next {
         next = app.process_new(stream, &shutdown).await;

@@ -351,3 +351,45 @@ async fn real_ip_header_is_believed_only_from_trusted_peers() {
         "an untrusted peer cannot name the client"
     );
 }
+
+#[tokio::test]
+async fn a_slow_header_client_is_cut_off_at_the_header_timeout() {
+    trace_init();
+    let origin = Origin::start().await;
+    let ep = Edgepop::start(&format!(
+        "[http]\nheader-timeout = \"1s\"\n[[listener]]\naddress = \"{{http}}\"\n[upstream.app]\nservers = [\"{}\"]\n[[site]]\nnames = [\"a.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    ))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(ep.http).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    // One header byte every 200 ms: each read is quick, the header never ends.
+    let mut closed_after = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if tcp.write_all(b"X").await.is_err() {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut buf)).await
+        {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the slow client was never cut off");
+    assert!(
+        closed_after < Duration::from_secs(3),
+        "cut off after {closed_after:?}; header-timeout is 1s"
+    );
+    assert_eq!(origin.hits(), 0);
+
+    // A normal client on the same listener is not affected, also on a kept-alive connection after a pause.
+    let r = Client::plain(ep.http).get("a.test", "/").await;
+    assert_eq!(r.status, 200);
+}

@@ -166,6 +166,8 @@ pub struct HttpConfig {
     pub max_header_count: usize,
     /// X-Forwarded-For mode.
     pub forwarded_for: ForwardedFor,
+    /// First request header deadline.
+    pub header_timeout: Duration,
     /// Header carrying the client address from trusted proxies.
     pub real_ip_header: Option<http::HeaderName>,
     /// Peers whose `real_ip_header` is believed.
@@ -855,7 +857,16 @@ impl Validator<'_> {
                 "real-ip-header is set but real-ip-from is empty: list the proxies whose header is believed",
             );
         }
+        let header_timeout = self.duration(&raw.header_timeout, "http.header-timeout");
+        if header_timeout.is_zero() {
+            self.error(
+                raw.header_timeout.span(),
+                "http.header-timeout",
+                "must be more than zero",
+            );
+        }
         HttpConfig {
+            header_timeout,
             real_ip_header,
             real_ip_from,
             max_header_size: self.size(&raw.max_header_size, "http.max-header-size"),

@@ -310,6 +310,9 @@ pub(crate) struct RawHttp {
     /// `X-Forwarded-For`: "append" the client address to what a trusted client sent (nginx
     /// `$proxy_add_x_forwarded_for`, default) or "replace" it.
     pub(crate) forwarded_for: Spanned<String>,
+    /// Time allowed for a new HTTP/1 connection's first request header to arrive in full (nginx
+    /// `client_header_timeout`; against slowloris). Default "10s".
+    pub(crate) header_timeout: Spanned<String>,
     /// Take the client address from this request header (e.g. "Fly-Client-IP" or "X-Forwarded-For", nginx
     /// `real_ip_header`) when the connection comes from `real-ip-from`. Default: none (the TCP or PROXY address).
     pub(crate) real_ip_header: Option<Spanned<String>>,
@@ -325,6 +328,7 @@ impl Default for RawHttp {
             forwarded_for: Spanned::new(0..0, "append".to_owned()),
             real_ip_header: None,
             real_ip_from: Vec::new(),
+            header_timeout: Spanned::new(0..0, "10s".to_owned()),
             max_body_size: Spanned::new(0..0, RawSize::Text("10MiB".to_owned())),
             unknown_host_status: Spanned::new(0..0, 421),
             keepalive_timeout: Spanned::new(0..0, "75s".to_owned()),
