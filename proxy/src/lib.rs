@@ -95,14 +95,6 @@ pub mod bench_api {
         }
     }
 
-    // Same names as proxy/src/service.rs (static, so inserting them allocates nothing for the name).
-    static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-    static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
-    static X_FORWARDED_SERVER: http::HeaderName =
-        http::HeaderName::from_static("x-forwarded-server");
-    static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-    static X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
-
     /// A `GET` for `path_and_query` with the headers a desktop browser sends (host, user-agent,
     /// accept*, cookie, sec-fetch-*, and an `x-forwarded-for` from a previous hop).
     pub fn browser_request(
@@ -133,43 +125,24 @@ pub mod bench_api {
         req.insert_header("sec-fetch-site", "none")?;
         req.insert_header("sec-fetch-user", "?1")?;
         req.insert_header("priority", "u=0, i")?;
-        req.insert_header(X_FORWARDED_FOR.clone(), "198.51.100.7")?;
+        req.insert_header("x-forwarded-for", "198.51.100.7")?;
         Ok(req)
     }
 
-    /// The forwarded-header insertions of `upstream_request_filter` (proxy/src/service.rs), copied:
-    /// x-forwarded-proto, x-forwarded-host/-server (one validated value), x-forwarded-for appended
-    /// to the request's own value (nginx `$proxy_add_x_forwarded_for`) and x-real-ip.
+    /// The forwarded-header insertions of `upstream_request_filter`: the same function the proxy calls.
     pub fn forward_headers(
         req: &mut pingora::http::RequestHeader,
         tls: bool,
         host: &str,
         client_ip: std::net::IpAddr,
     ) -> pingora::Result<()> {
-        use pingora::{Error, ErrorType};
-        let proto = if tls {
-            &crate::state::HTTPS
-        } else {
-            &crate::state::HTTP
-        };
-        req.insert_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
-        let value = http::HeaderValue::from_str(host)
-            .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "host"))?;
-        req.insert_header(X_FORWARDED_HOST.clone(), value.clone())?;
-        req.insert_header(X_FORWARDED_SERVER.clone(), value)?;
-        let ip = client_ip.to_string();
-        let prev = req
-            .headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty());
-        let xff = match prev {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.clone(),
-        };
-        req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
-        req.insert_header(X_REAL_IP.clone(), ip)?;
-        Ok(())
+        crate::service::forwarded_headers(
+            req,
+            tls,
+            Some(host),
+            Some(client_ip),
+            crate::config::ForwardedFor::Append,
+        )
     }
 }
 

@@ -506,7 +506,7 @@ impl ProxyHttp for Edge {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -530,34 +530,13 @@ impl ProxyHttp for Edge {
             })?;
             upstream_request.set_uri(uri);
         }
-        let proto = if ctx.tls { &state::HTTPS } else { &state::HTTP };
-        upstream_request.insert_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
-        if let Some(host) = &ctx.host {
-            // One validated value, shared by both headers (HeaderValue clones are reference counts).
-            let value = http::HeaderValue::from_str(host)
-                .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "host"))?;
-            upstream_request.insert_header(X_FORWARDED_HOST.clone(), value.clone())?;
-            upstream_request.insert_header(X_FORWARDED_SERVER.clone(), value)?;
-        }
-        if let Some(ip) = ctx.client_ip {
-            let ip = ip.to_string();
-            // Append like nginx's $proxy_add_x_forwarded_for.
-            let prev = match ctx.state.http.forwarded_for {
-                ForwardedFor::Append => session
-                    .req_header()
-                    .headers
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|v| !v.is_empty()),
-                ForwardedFor::Replace => None,
-            };
-            let xff = match prev {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.clone(),
-            };
-            upstream_request.insert_header(X_FORWARDED_FOR.clone(), xff)?;
-            upstream_request.insert_header(X_REAL_IP.clone(), ip)?;
-        }
+        forwarded_headers(
+            upstream_request,
+            ctx.tls,
+            ctx.host.as_deref(),
+            ctx.client_ip,
+            ctx.state.http.forwarded_for,
+        )?;
         if ctx.state.compression.enabled {
             // Ask the origin for exactly what the client gets, so an encoded body passes through untouched.
             match ctx.encoding {
@@ -760,6 +739,45 @@ impl Edge {
             }
         });
     }
+}
+
+/// Sets Host-derived and client-derived forwarding headers on the upstream request (as the nginx setup did):
+/// X-Forwarded-Proto, X-Forwarded-Host/-Server, X-Forwarded-For (appended to the client's value, like
+/// `$proxy_add_x_forwarded_for`, or replaced) and X-Real-IP. `req` still carries the client's headers.
+pub(crate) fn forwarded_headers(
+    req: &mut RequestHeader,
+    tls: bool,
+    host: Option<&str>,
+    client_ip: Option<IpAddr>,
+    mode: ForwardedFor,
+) -> Result<()> {
+    let proto = if tls { &state::HTTPS } else { &state::HTTP };
+    req.insert_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
+    if let Some(host) = host {
+        // One validated value, shared by both headers (HeaderValue clones are reference counts).
+        let value = http::HeaderValue::from_str(host)
+            .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "host"))?;
+        req.insert_header(X_FORWARDED_HOST.clone(), value.clone())?;
+        req.insert_header(X_FORWARDED_SERVER.clone(), value)?;
+    }
+    if let Some(ip) = client_ip {
+        let ip = ip.to_string();
+        let prev = match mode {
+            ForwardedFor::Append => req
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty()),
+            ForwardedFor::Replace => None,
+        };
+        let xff = match prev {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.clone(),
+        };
+        req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+        req.insert_header(X_REAL_IP.clone(), ip)?;
+    }
+    Ok(())
 }
 
 /// A permanent redirect that keeps the method (308).
