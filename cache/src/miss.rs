@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::Result;
 use pingora::cache::key::HashBinary;
 use pingora::cache::storage::{HandleMiss, MissFinishType};
+use pingora::http::ResponseHeader;
 use tracing::debug;
 
 use crate::TieredStorage;
@@ -16,7 +17,9 @@ pub(crate) struct Miss {
     pub(crate) storage: &'static TieredStorage,
     pub(crate) hash: HashBinary,
     pub(crate) primary: Arc<str>,
+    /// The serialized meta and its response header, parsed.
     pub(crate) meta: (Vec<u8>, Vec<u8>),
+    pub(crate) header: ResponseHeader,
     pub(crate) chunks: Vec<Bytes>,
     pub(crate) size: u64,
     /// The body outgrew `max_object_bytes`: the buffer was dropped and nothing will be stored.
@@ -52,11 +55,12 @@ impl HandleMiss for Miss {
             return Ok(MissFinishType::Created(0));
         }
         let body = concat(this.chunks, this.size);
-        let entry = Arc::new(Entry {
-            meta: this.meta,
+        let entry = Arc::new(Entry::from_parts(
+            this.meta,
+            this.header,
             body,
-            primary: this.primary,
-        });
+            this.primary,
+        ));
         let weight = entry.weight();
         this.storage.store(this.hash, entry);
         Ok(MissFinishType::Created(

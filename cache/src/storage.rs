@@ -301,11 +301,11 @@ impl TieredStorage {
     /// Rewrites an entry's meta in both tiers with `f(old meta)`. Returns whether any tier had it.
     async fn rewrite_meta<F>(&'static self, hash: HashBinary, f: F) -> Result<bool>
     where
-        F: Fn(&(Vec<u8>, Vec<u8>)) -> Result<(Vec<u8>, Vec<u8>)> + Send + 'static,
+        F: Fn(&Entry) -> Result<CacheMeta> + Send + 'static,
     {
         let updated_memory = match self.memory.get(&hash) {
             Some(old) => {
-                let new = Arc::new(old.with_meta(f(&old.meta)?));
+                let new = Arc::new(old.with_meta(&f(&old)?)?);
                 self.memory.insert(hash, new.clone());
                 Some(new)
             }
@@ -325,8 +325,8 @@ impl TieredStorage {
                         let Some(old) = disk.read(&hash) else {
                             return false;
                         };
-                        match f(&old.meta) {
-                            Ok(meta) => Arc::new(old.with_meta(meta)),
+                        match f(&old).and_then(|meta| old.with_meta(&meta)) {
+                            Ok(entry) => Arc::new(entry),
                             Err(e) => {
                                 warn!(error = %e, "cache meta of a disk entry not rewritten");
                                 return false;
@@ -367,7 +367,7 @@ impl Storage for TieredStorage {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = key.combined_bin();
         if let Some(entry) = self.memory.get(&hash) {
-            match CacheMeta::deserialize(&entry.meta.0, &entry.meta.1) {
+            match entry.cache_meta() {
                 Ok(meta) => {
                     METRICS.memory_hits.inc();
                     let hit = Hit::new(self, hash, entry.body.clone(), Tier::Memory);
@@ -388,6 +388,7 @@ impl Storage for TieredStorage {
             return Ok(None);
         }
         let epoch = self.purge_epoch.load(Ordering::Acquire);
+        // the read verifies the checksum and decodes the meta: a corrupt entry is removed there
         let Some(entry) = self
             .blocking(move |s| s.disk.as_ref().and_then(|d| d.read(&hash)))
             .await
@@ -396,7 +397,7 @@ impl Storage for TieredStorage {
             METRICS.disk_misses.inc();
             return Ok(None);
         };
-        let meta = match CacheMeta::deserialize(&entry.meta.0, &entry.meta.1) {
+        let meta = match entry.cache_meta() {
             Ok(meta) => meta,
             Err(e) => {
                 METRICS.disk_corrupt.inc();
@@ -429,6 +430,7 @@ impl Storage for TieredStorage {
             hash: key.combined_bin(),
             primary: String::from_utf8_lossy(key.primary_key()).into(),
             meta: meta.serialize()?,
+            header: meta.response_header_copy(),
             chunks: Vec::new(),
             size: 0,
             too_large: false,
@@ -466,9 +468,9 @@ impl Storage for TieredStorage {
         let now = SystemTime::now();
         let expired = self
             .rewrite_meta(hash, move |old| {
-                let mut meta = CacheMeta::deserialize(&old.0, &old.1)?;
+                let mut meta = old.cache_meta()?;
                 meta.expire_at(now);
-                meta.serialize()
+                Ok(meta)
             })
             .await?;
         Ok(if expired {
@@ -484,9 +486,12 @@ impl Storage for TieredStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let new = meta.serialize()?;
-        self.rewrite_meta(key.combined_bin(), move |_| Ok(new.clone()))
-            .await
+        // CacheMeta is not Clone: carry it serialized into the closure
+        let (internal, header) = meta.serialize()?;
+        self.rewrite_meta(key.combined_bin(), move |_| {
+            CacheMeta::deserialize(&internal, &header)
+        })
+        .await
     }
 
     /// False, deliberately: see the type's documentation.

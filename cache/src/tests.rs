@@ -634,11 +634,12 @@ async fn purge_cancels_a_write_in_flight() {
     // what finish() does, with the purge landing between queueing and committing the write
     let id = disk.begin_write(k.combined_bin(), "https://example.com/inflight".into());
     assert_eq!(s.purge_primary("https://example.com/inflight").await, 1);
-    let entry = crate::memory::Entry {
-        meta: meta("late").serialize().unwrap(),
-        body: Bytes::from_static(b"stale"),
-        primary: "https://example.com/inflight".into(),
-    };
+    let entry = crate::memory::Entry::new(
+        &meta("late"),
+        Bytes::from_static(b"stale"),
+        "https://example.com/inflight".into(),
+    )
+    .unwrap();
     assert!(!disk.write(&k.combined_bin(), id, &entry));
     assert!(!path_of(s, &k).exists());
     assert!(get(s, &k).await.is_none());
@@ -823,4 +824,41 @@ async fn concurrent_use_keeps_index_and_files_consistent() {
     let stats = s.stats();
     assert_eq!((stats.disk_objects, stats.disk_bytes), (files, bytes));
     assert!(bytes <= 12 * one);
+}
+
+/// A hit rebuilds its meta from the parsed header and the internal part: it must equal the meta
+/// that was stored, in every field pingora serializes (timestamps, variance, header order and case).
+#[tokio::test]
+async fn hits_from_either_tier_return_the_stored_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(settings(dir.path(), 1 << 20));
+    let k = key("https://example.com/meta-roundtrip", Some(7));
+    let stored = || {
+        let created = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut header = ResponseHeader::build(203, None).unwrap();
+        header.append_header("X-Mixed-Case", "one").unwrap();
+        header.append_header("set-cookie", "a=1").unwrap();
+        header.append_header("set-cookie", "b=2").unwrap();
+        header.append_header("Cache-Control", "max-age=60").unwrap();
+        let mut meta = CacheMeta::new(created + DAY, created, 30, 40, header);
+        meta.set_variance_key([7; 16]);
+        meta
+    };
+    let mut miss = s.get_miss_handler(&k, &stored(), &span()).await.unwrap();
+    miss.write_body(Bytes::from_static(b"body"), true)
+        .await
+        .unwrap();
+    miss.finish().await.unwrap();
+    flush(s).await;
+    let want = stored().serialize().unwrap();
+
+    let (from_memory, _, tier) = get(s, &k).await.unwrap();
+    assert_eq!(tier, Tier::Memory);
+    assert_eq!(from_memory.serialize().unwrap(), want);
+    assert_eq!(from_memory.response_header().status.as_u16(), 203);
+
+    s.memory().remove(&k.combined_bin());
+    let (from_disk, _, tier) = get(s, &k).await.unwrap();
+    assert_eq!(tier, Tier::Disk);
+    assert_eq!(from_disk.serialize().unwrap(), want);
 }

@@ -45,6 +45,8 @@ pub(crate) enum FormatError {
     Checksum,
     WrongHash,
     TooLarge,
+    /// The parts check out but the meta does not decode as a `CacheMeta`.
+    BadMeta,
 }
 
 impl std::fmt::Display for FormatError {
@@ -58,6 +60,7 @@ impl std::fmt::Display for FormatError {
             Self::Checksum => f.write_str("checksum mismatch"),
             Self::WrongHash => f.write_str("entry belongs to another key"),
             Self::TooLarge => f.write_str("body larger than max_object_bytes"),
+            Self::BadMeta => f.write_str("meta does not decode"),
         }
     }
 }

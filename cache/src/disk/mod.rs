@@ -201,11 +201,14 @@ impl DiskTier {
                 self.publish(&idx);
             }
         }
-        Some(Entry {
-            meta: (meta0, meta1),
-            body,
-            primary,
-        })
+        match Entry::decode((meta0, meta1), body, primary) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                debug!(path = %path.display(), error = %e, "cache entry meta does not decode");
+                self.discard(hash, &path, identity, FormatError::BadMeta);
+                None
+            }
+        }
     }
 
     /// Reads the whole file after a cheap header check (so a bogus length never allocates).
