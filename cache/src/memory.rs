@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
 use once_cell::sync::Lazy;
 use pingora::Result;
 use pingora::cache::CacheMeta;
-use pingora::http::ResponseHeader;
-use moka::notification::RemovalCause;
-use moka::sync::Cache;
 use pingora::cache::key::HashBinary;
+use pingora::http::ResponseHeader;
 
 use crate::metrics::METRICS;
 

@@ -100,6 +100,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
+    raise_nofile_limit(&config);
     match crate::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(crate::Error::Config(errors)) => {
@@ -110,6 +111,41 @@ fn run(config: Config) -> ExitCode {
             eprintln!("edgepop: {}", crate::error_chain(&e));
             ExitCode::from(EXIT_START)
         }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one: every client connection is a descriptor, and the usual soft
+/// default (1024) is below what the listeners' `max-connections` admit. Logs the limit in force.
+fn raise_nofile_limit(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open files limit");
+            return;
+        }
+    };
+    let wanted: u64 = config
+        .listeners
+        .iter()
+        .map(|l| l.max_connections as u64)
+        .sum::<u64>()
+        + 256;
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            wanted,
+            "open files limit is below the listeners' max-connections; raise it (ulimit -n, LimitNOFILE)"
+        );
+    } else {
+        tracing::info!(limit, "open files limit");
     }
 }
 

@@ -4,6 +4,11 @@
 //! holds a connection forever. [`HeaderDeadline`] wraps the stream handed to pingora: until it has seen the blank
 //! line that ends the first request header (`\r\n\r\n`, or `\n\n`), every read fails with `TimedOut` once the
 //! deadline passes. After that it only forwards. HTTP/2 connections are not wrapped (their first bytes are frames).
+//!
+//! [`serve_h1`] runs the HTTP/1 keepalive loop in place of pingora's: between requests it waits for the client's
+//! next byte itself ([`HeaderDeadline::wait_readable`]), so an idle connection holds only its stream and this
+//! small future. pingora's per-request future (tens of KB, allocated when `process_new_http` is called and held
+//! while it waits in `read_request`) and its 4 KB header buffer exist only while a request is being read or served.
 
 use std::fmt;
 use std::pin::Pin;
@@ -12,14 +17,80 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
     ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     Stream, TimingDigest, UniqueID, UniqueIDType,
 };
+use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+/// How much [`HeaderDeadline::wait_readable`] reads when the client wakes a connection: a typical request header.
+const WAKE_READ: usize = 2048;
+
+/// Serves HTTP/1 requests on `stream` until the client or a timeout ends the connection, as pingora's
+/// `ServerApp::process_new` does for HTTP/1, except that the waits for a request happen here (see the module doc).
+pub(crate) async fn serve_h1<A: HttpServerApp + Send + Sync + 'static>(
+    mut stream: Box<HeaderDeadline>,
+    app: &Arc<A>,
+    mut shutdown: ShutdownWatch,
+) {
+    // The first request: the header deadline bounds the wait.
+    let mut idle = None;
+    let mut settings: Option<HttpPersistentSettings> = None;
+    loop {
+        if !stream.wait_readable(idle, &mut shutdown).await {
+            return;
+        }
+        let mut session = ServerSession::new_http1(stream);
+        match settings.take() {
+            Some(s) => s.apply_to_session(&mut session),
+            // pingora's defaults for a new connection (it sets 60 s; edgepop's request filter sets its own).
+            None => session.set_keepalive((!*shutdown.borrow()).then_some(60)),
+        }
+        let Some(reused) = app.process_new_http(session, &shutdown).await else {
+            return;
+        };
+        let (next, next_settings) = reused.consume();
+        // The keepalive timeout pingora would apply while reading the next request: read it off a session
+        // built with the settings, then take the stream back. edgepop uses no pipelining, no per-connection
+        // user context and no request limit, the parts of the settings this does not carry over; with
+        // pipelining, pingora's own loop continues instead.
+        let mut session = ServerSession::new_http1(next);
+        if let Some(s) = next_settings {
+            s.apply_to_session(&mut session);
+        }
+        if session.pipelining_enabled() {
+            let mut result = app.process_new_http(session, &shutdown).await;
+            while let Some((next, s)) = result.map(|r| r.consume()) {
+                let mut session = ServerSession::new_http1(next);
+                if let Some(s) = s {
+                    s.apply_to_session(&mut session);
+                }
+                result = app.process_new_http(session, &shutdown).await;
+            }
+            return;
+        }
+        idle = match session.get_keepalive() {
+            None => return,
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+        };
+        settings = Some(HttpPersistentSettings::for_session(&session));
+        let ServerSession::H1(h1) = session else {
+            return;
+        };
+        match h1.into_inner().into_any().downcast::<HeaderDeadline>() {
+            Ok(s) => stream = s,
+            Err(_) => return,
+        }
+    }
+}
 
 /// The stream with a header deadline.
 pub(crate) struct HeaderDeadline {
@@ -28,6 +99,8 @@ pub(crate) struct HeaderDeadline {
     deadline: Option<Pin<Box<Sleep>>>,
     /// The last three bytes seen, to find a terminator split across reads.
     tail: [u8; 3],
+    /// Bytes read by [`Self::wait_readable`], handed out by the next reads (empty otherwise).
+    stash: Bytes,
 }
 
 impl HeaderDeadline {
@@ -36,6 +109,52 @@ impl HeaderDeadline {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             tail: [0; 3],
+            stash: Bytes::new(),
+        }
+    }
+
+    /// Waits until the client sends data (kept for the next reads): `true`, or `false` when the connection
+    /// should close: EOF or error, the header deadline passed, `idle` passed (`None`: no limit), or draining began.
+    ///
+    /// It reads what has arrived (up to [`WAKE_READ`] bytes) rather than one byte, so a request costs no extra
+    /// `recv`: pingora's header read is then served from the stash, without a syscall.
+    pub(crate) async fn wait_readable(
+        &mut self,
+        idle: Option<Duration>,
+        shutdown: &mut ShutdownWatch,
+    ) -> bool {
+        if !self.stash.is_empty() {
+            return true;
+        }
+        let read = std::future::poll_fn(|cx| {
+            // on the stack of this poll only: an idle connection's future does not carry the buffer
+            let mut space = [0u8; WAKE_READ];
+            let mut buf = ReadBuf::new(&mut space);
+            match Pin::new(&mut *self).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    Poll::Ready(Some(Bytes::copy_from_slice(buf.filled())))
+                }
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        let idle = async {
+            match idle {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let got = tokio::select! {
+            bytes = read => bytes,
+            () = idle => None,
+            _ = shutdown.wait_for(|draining| *draining) => None,
+        };
+        match got {
+            Some(bytes) => {
+                self.stash = bytes;
+                true
+            }
+            None => false,
         }
     }
 
@@ -71,6 +190,12 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if !this.stash.is_empty() && buf.remaining() > 0 {
+            // already observed (and so counted against the header deadline) when it was read
+            let n = this.stash.len().min(buf.remaining());
+            buf.put_slice(&this.stash.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         if let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {

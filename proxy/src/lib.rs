@@ -35,6 +35,7 @@ mod reload;
 mod routes;
 mod service;
 mod signals;
+mod sni;
 mod state;
 mod telemetry;
 mod upstream;

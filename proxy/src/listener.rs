@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::GetSocketDigest;
 use pingora::protocols::SocketDigest;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::tls::server as tls_server;
 use pingora::server::ShutdownWatch;
 use pingora::server::{ListenFds, RuntimeOpts};
 use tokio::net::TcpListener;
@@ -27,6 +28,7 @@ use crate::config::Listener as ListenerConfig;
 use crate::header_deadline::HeaderDeadline;
 use crate::metrics;
 use crate::proxy_protocol;
+use crate::sni::RecordSni;
 
 /// Time allowed for the PROXY header, then for the TLS handshake.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -167,7 +169,7 @@ impl<A> PublicListeners<A> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> pingora::services::Service for PublicListeners<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> pingora::services::Service for PublicListeners<A> {
     async fn start_service(
         &mut self,
         _fds: Option<ListenFds>,
@@ -237,7 +239,7 @@ struct Endpoint {
     slots: Arc<Semaphore>,
 }
 
-async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+async fn accept_loop<A: HttpServerApp + Send + Sync + 'static>(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
     app: Arc<A>,
@@ -285,7 +287,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     tracing::info!(listener = %endpoint.label, "stopped accepting");
 }
 
-async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
+async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     endpoint: &Endpoint,
@@ -319,8 +321,9 @@ async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
     let stream: pingora::protocols::Stream = match &endpoint.tls {
         None => Box::new(stream),
         Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await
-            {
+            // `Acceptor::tls_handshake` without offload, plus the callback that records the SNI for requests.
+            let handshake = tls_server::handshake_with_callback(acceptor, stream, &RecordSni);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(tls)) => {
                     metrics::TLS_HANDSHAKES.inc();
                     Box::new(tls)
@@ -341,15 +344,14 @@ async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
         }
     };
     // HTTP/1 only: an HTTP/2 connection starts with frames, and pingora's h2 server has its own limits.
-    let stream: pingora::protocols::Stream =
-        if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
-            stream
-        } else {
-            Box::new(HeaderDeadline::new(stream, endpoint.header_timeout))
-        };
-    let mut next = app.process_new(stream, &shutdown).await;
-    while let Some(stream) = next {
-        next = app.process_new(stream, &shutdown).await;
+    if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
+        let mut next = app.process_new(stream, &shutdown).await;
+        while let Some(stream) = next {
+            next = app.process_new(stream, &shutdown).await;
+        }
+    } else {
+        let stream = Box::new(HeaderDeadline::new(stream, endpoint.header_timeout));
+        crate::header_deadline::serve_h1(stream, &app, shutdown).await;
     }
 }
 

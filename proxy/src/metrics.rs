@@ -77,6 +77,20 @@ pub(crate) static CACHE_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// `edgepop_cache_lock_wait_seconds`: requests that waited on another request filling the same key.
+pub(crate) static CACHE_LOCK_WAIT: Lazy<Histogram> = Lazy::new(|| {
+    let h = Histogram::with_opts(
+        HistogramOpts::new(
+            "edgepop_cache_lock_wait_seconds",
+            "Coalesced cache misses: time a request waited for another request filling the same key \
+             (the count is the number of coalesced waits).",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    )
+    .unwrap_or_else(|e| panic!("static metric definition is invalid: {e}"));
+    register(h)
+});
+
 /// `edgepop_upstream_errors_total{reason}`
 pub(crate) static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
@@ -85,6 +99,73 @@ pub(crate) static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
         &["reason"],
     )
 });
+
+/// `edgepop_http_requests_refused_total{reason}`
+static REQUESTS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "edgepop_http_requests_refused_total",
+        "Requests answered locally and never forwarded, by reason (absolute_form, missing_host, unknown_host, \
+         sni_host_mismatch, header_count, header_size, body_size).",
+        &["reason"],
+    )
+});
+
+/// Why a request was answered locally instead of being forwarded (the `reason` of
+/// `edgepop_http_requests_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// An HTTP/1 absolute-form, authority-form or asterisk-form target (400).
+    AbsoluteForm,
+    /// No or an empty Host / `:authority` (400).
+    MissingHost,
+    /// A host no site serves (`http.unknown-host-status`).
+    UnknownHost,
+    /// A TLS request whose Host names another site than the SNI (421, `http.sni-host-mismatch`).
+    SniHostMismatch,
+    /// More header fields than `http.max-header-count` (431).
+    HeaderCount,
+    /// A header block over `http.max-header-size` (431).
+    HeaderSize,
+    /// A declared body over `http.max-body-size` (413).
+    BodySize,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 7] = [
+        Refusal::AbsoluteForm,
+        Refusal::MissingHost,
+        Refusal::UnknownHost,
+        Refusal::SniHostMismatch,
+        Refusal::HeaderCount,
+        Refusal::HeaderSize,
+        Refusal::BodySize,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Refusal::AbsoluteForm => "absolute_form",
+            Refusal::MissingHost => "missing_host",
+            Refusal::UnknownHost => "unknown_host",
+            Refusal::SniHostMismatch => "sni_host_mismatch",
+            Refusal::HeaderCount => "header_count",
+            Refusal::HeaderSize => "header_size",
+            Refusal::BodySize => "body_size",
+        }
+    }
+
+    /// Counts one refused request (counters resolved once).
+    pub(crate) fn count(self) {
+        static COUNTERS: Lazy<Vec<IntCounter>> = Lazy::new(|| {
+            Refusal::ALL
+                .iter()
+                .map(|r| REQUESTS_REFUSED.with_label_values(&[r.as_str()]))
+                .collect()
+        });
+        if let Some(c) = COUNTERS.get(self as usize) {
+            c.inc();
+        }
+    }
+}
 
 /// `edgepop_connections_open{listener}`
 pub(crate) static CONNECTIONS_OPEN: Lazy<IntGaugeVec> = Lazy::new(|| {
@@ -211,6 +292,7 @@ pub(crate) fn init() {
         CONFIG_RELOADS.with_label_values(&[result]);
     }
     CONFIG_LAST_OK.set(1);
+    Lazy::force(&CACHE_LOCK_WAIT);
     CONFIG_LAST_SUCCESS.set(unix_now());
     register_process_collector();
 }
@@ -309,4 +391,19 @@ pub(crate) fn cache_lookup(label: &'static str) -> &'static IntCounter {
         .position(|l| *l == label)
         .unwrap_or(LABELS.len() - 1);
     &COUNTERS[i]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_counters_line_up_with_their_reasons() {
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+            r.count();
+            let c = REQUESTS_REFUSED.with_label_values(&[r.as_str()]);
+            assert!(c.get() >= 1, "{r:?}");
+        }
+    }
 }

@@ -22,9 +22,10 @@ use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheab
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::cache::{self, EdgeCache};
 use crate::compress::{self, Encoding};
-use crate::config::ForwardedFor;
-use crate::metrics;
+use crate::config::{ForwardedFor, SniHostMismatch};
+use crate::metrics::{self, Refusal};
 use crate::routes::strip_port;
+use crate::sni;
 use crate::state::{self, SiteState, State};
 use crate::upstream::{self, UpstreamFailure};
 use pingora::protocols::http::compression::Encode;
@@ -154,8 +155,9 @@ impl ProxyHttp for Edge {
         let req = session.req_header();
         // HTTP/1 absolute-form targets ("GET http://other/") are never forwarded: edgepop is not a forward proxy.
         if !is_h2 && (req.uri.authority().is_some() || !req.raw_path().starts_with(b"/")) {
-            return respond(
+            return refuse(
                 session,
+                Refusal::AbsoluteForm,
                 400,
                 "absolute-form request targets are not accepted\n",
             )
@@ -170,20 +172,44 @@ impl ProxyHttp for Edge {
                 .map(strip_port)
         };
         let Some(host) = host.filter(|h| !h.is_empty()) else {
-            return respond(session, 400, "missing Host\n").await;
+            return refuse(session, Refusal::MissingHost, 400, "missing Host\n").await;
         };
         ctx.site = ctx.state.router.lookup(host);
         ctx.host = Some(host.into());
-        if ctx.site.is_none() {
+        let Some(site) = ctx.site else {
             let status = ctx.state.http.unknown_host_status;
-            return respond(session, status, "no site is configured for this host\n").await;
+            let body = "no site is configured for this host\n";
+            return refuse(session, Refusal::UnknownHost, status, body).await;
+        };
+        // A TLS client that named one site in its SNI and another in Host or :authority (domain fronting, or an
+        // HTTP/2 connection reused across sites): 421 tells it to retry on a connection of its own
+        // (RFC 9110 §15.5.20). Without SNI (an IP-literal URL) Host alone decides.
+        if ctx.state.http.sni_host_mismatch == SniHostMismatch::Refuse
+            && let Some(sni) = sni::client_sni(session)
+            && let Some(host) = ctx.host.as_deref()
+            && sni::misdirected(&ctx.state.router, sni, host, site)
+        {
+            tracing::info!(
+                sni,
+                host,
+                "request for another site than the TLS server name; 421"
+            );
+            let body =
+                "misdirected request: the Host is not the TLS server name of this connection\n";
+            return refuse(session, Refusal::SniHostMismatch, 421, body).await;
         }
 
         // Header limits (nginx answers 400/414 here; RFC 6585's 431 is the precise status).
         let req = session.req_header();
         let http = &ctx.state.http;
         if req.headers.len() > http.max_header_count {
-            return respond(session, 431, "too many request header fields\n").await;
+            return refuse(
+                session,
+                Refusal::HeaderCount,
+                431,
+                "too many request header fields\n",
+            )
+            .await;
         }
         let header_bytes: usize = req
             .headers
@@ -191,7 +217,13 @@ impl ProxyHttp for Edge {
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum();
         if header_bytes as u64 > http.max_header_size {
-            return respond(session, 431, "request header fields too large\n").await;
+            return refuse(
+                session,
+                Refusal::HeaderSize,
+                431,
+                "request header fields too large\n",
+            )
+            .await;
         }
 
         if let Some(site) = ctx.site() {
@@ -223,7 +255,7 @@ impl ProxyHttp for Edge {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > max) {
-            return respond(session, 413, "request body too large\n").await;
+            return refuse(session, Refusal::BodySize, 413, "request body too large\n").await;
         }
         Ok(false)
     }
@@ -674,6 +706,10 @@ impl ProxyHttp for Edge {
         if ctx.cache_enabled {
             let label = cache::status_label(&session.cache.phase(), true);
             metrics::cache_lookup(label).inc();
+            // set only when this request waited on another one filling the same key (request coalescing)
+            if let Some(waited) = session.cache.lock_duration() {
+                metrics::CACHE_LOCK_WAIT.observe(waited.as_secs_f64());
+            }
         }
         if let Some(cache) = &self.cache
             && cache::invalidates(&req.method, status)
@@ -793,8 +829,15 @@ async fn redirect(session: &mut Session, location: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Answers locally with a short text body; never forwards. Returns `Ok(true)` ("response sent") for filters.
-async fn respond(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
+/// Answers locally with a short text body and counts the refusal; never forwards. Returns `Ok(true)` ("response
+/// sent") for filters.
+async fn refuse(
+    session: &mut Session,
+    reason: Refusal,
+    status: u16,
+    body: &'static str,
+) -> Result<bool> {
+    reason.count();
     write_local(session, status, body).await?;
     Ok(true)
 }

@@ -96,10 +96,13 @@ async fn hits_do_not_reach_the_origin_and_carry_age() {
         r.headers
     );
     assert_eq!(origin.hits(), 1);
-    assert!(
+    // counted in the logging phase, which runs after the client has the response
+    assert_eventually!(
         ep.metric(r#"edgepop_cache_lookups_total{result="HIT"}"#)
             .await
-            >= 1.0
+            >= 1.0,
+        Duration::from_secs(5),
+        "the hit is not counted"
     );
 }
 
@@ -325,6 +328,15 @@ async fn concurrent_misses_make_one_origin_request() {
         assert_eq!(r.text(), "hello from origin\n");
     }
     assert_eq!(origin.hits(), 1, "coalescing failed");
+    // the nine that did not fetch either waited on the lock (coalesced) or came after the fill (hits);
+    // counted in the logging phase, after the client has its response
+    assert_eventually!(
+        ep.metric("edgepop_cache_lock_wait_seconds_count").await >= 1.0,
+        Duration::from_secs(5),
+        "no coalesced wait counted"
+    );
+    assert!(ep.metric("edgepop_cache_lock_wait_seconds_count").await <= 9.0);
+    assert!(ep.metric("edgepop_cache_lock_wait_seconds_sum").await > 0.0);
 }
 
 #[tokio::test]

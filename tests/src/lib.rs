@@ -26,6 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 pub use edgepop_certs::test_util::{TestCa, TestPair, write_pair};
 
+mod cgroup;
+pub use cgroup::{CgroupVersion, MemCgroup, proc_status_kib, raise_nofile_limit};
+
 /// Polls `$cond` every 20 ms until it is true or `$timeout` passes, then fails with the message.
 #[macro_export]
 macro_rules! assert_eventually {
@@ -60,10 +63,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Path of the `edgepop` binary built for this test run; builds it if needed.
+/// Path of the `edgepop` binary built for this test run; builds it if needed. `EDGEPOP_TEST_BIN` names another
+/// binary instead (e.g. a release build, to measure memory).
 pub fn edgepop_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("EDGEPOP_TEST_BIN") {
+            return PathBuf::from(bin);
+        }
         // target/<profile>/deps/e2e-<hash> → target/<profile>/edgepop
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
@@ -145,6 +152,8 @@ pub struct EdgepopBuilder {
     dir: tempfile::TempDir,
     root: Option<PathBuf>,
     wait_ready: bool,
+    /// `cgroup.procs` of a cgroup to start the process in.
+    cgroup_procs: Option<PathBuf>,
 }
 
 impl Edgepop {
@@ -158,6 +167,7 @@ impl Edgepop {
             dir,
             root: None,
             wait_ready: false,
+            cgroup_procs: None,
         }
     }
 
@@ -184,6 +194,11 @@ impl Edgepop {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// The exit status if the process has exited (`None` while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().unwrap().try_wait().unwrap()
     }
 
     /// Sends a signal to the process.
@@ -235,6 +250,13 @@ impl EdgepopBuilder {
         self
     }
 
+    /// Starts the process inside `cgroup` (through `sh`, which moves itself in, then execs edgepop), so
+    /// everything it allocates is charged there.
+    pub fn in_cgroup(mut self, cgroup: &MemCgroup) -> Self {
+        self.cgroup_procs = Some(cgroup.procs_file());
+        self
+    }
+
     /// Uses an existing directory for `{dir}` (e.g. an earlier instance's, to restart on its cache).
     pub fn root(mut self, dir: &Path) -> Self {
         self.root = Some(dir.to_owned());
@@ -270,7 +292,17 @@ impl EdgepopBuilder {
         }
         let config_path = root.join("edgepop.toml");
         std::fs::write(&config_path, &text).unwrap();
-        let mut child = Command::new(edgepop_bin())
+        let mut command = match &self.cgroup_procs {
+            None => Command::new(edgepop_bin()),
+            Some(procs) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", r#"echo $$ > "$0" && exec "$@""#])
+                    .arg(procs)
+                    .arg(edgepop_bin());
+                c
+            }
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&config_path)
             .env(

@@ -140,6 +140,15 @@ pub enum ForwardedFor {
     Replace,
 }
 
+/// What a TLS request whose Host names another site than the connection's SNI gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SniHostMismatch {
+    /// 421 Misdirected Request, answered locally (RFC 9110 §15.5.20).
+    Refuse,
+    /// Routed by Host, as nginx does.
+    Allow,
+}
+
 /// Response compression.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompressionConfig {
@@ -180,6 +189,8 @@ pub struct HttpConfig {
     pub keepalive_timeout: Duration,
     /// ALPN h2 on TLS listeners.
     pub http2: bool,
+    /// Host naming another site than the TLS server name (SNI).
+    pub sni_host_mismatch: SniHostMismatch,
 }
 
 /// Access log format.
@@ -822,6 +833,18 @@ impl Validator<'_> {
                 ForwardedFor::Append
             }
         };
+        let sni_host_mismatch = match raw.sni_host_mismatch.get_ref().as_str() {
+            "refuse" => SniHostMismatch::Refuse,
+            "allow" => SniHostMismatch::Allow,
+            other => {
+                self.error(
+                    raw.sni_host_mismatch.span(),
+                    "http.sni-host-mismatch",
+                    format!("unknown mode {other:?}; expected \"refuse\" or \"allow\""),
+                );
+                SniHostMismatch::Refuse
+            }
+        };
         let real_ip_header = raw.real_ip_header.as_ref().and_then(|h| {
             match http::HeaderName::from_bytes(h.get_ref().trim().as_bytes()) {
                 Ok(name) => Some(name),
@@ -876,6 +899,7 @@ impl Validator<'_> {
             unknown_host_status: status,
             keepalive_timeout: self.duration(&raw.keepalive_timeout, "http.keepalive-timeout"),
             http2: raw.http2,
+            sni_host_mismatch,
         }
     }
 

@@ -318,6 +318,9 @@ pub(crate) struct RawHttp {
     pub(crate) real_ip_header: Option<Spanned<String>>,
     /// CIDRs whose `real-ip-header` is believed (nginx `set_real_ip_from`). Default: none.
     pub(crate) real_ip_from: Vec<Spanned<String>>,
+    /// On a TLS connection whose client sent a server name (SNI), a request whose Host (or `:authority`) names
+    /// another site: "refuse" it with 421 Misdirected Request (default) or "allow" it (route by Host, as nginx).
+    pub(crate) sni_host_mismatch: Spanned<String>,
 }
 
 impl Default for RawHttp {
@@ -328,6 +331,7 @@ impl Default for RawHttp {
             forwarded_for: Spanned::new(0..0, "append".to_owned()),
             real_ip_header: None,
             real_ip_from: Vec::new(),
+            sni_host_mismatch: Spanned::new(0..0, "refuse".to_owned()),
             header_timeout: Spanned::new(0..0, "10s".to_owned()),
             max_body_size: Spanned::new(0..0, RawSize::Text("10MiB".to_owned())),
             unknown_host_status: Spanned::new(0..0, 421),

@@ -24,6 +24,7 @@ fn minimal_config_has_documented_defaults() {
     assert_eq!(c.admin_address, Some("127.0.0.1:9901".parse().unwrap()));
     assert_eq!(c.http.max_body_size, 10 * 1024 * 1024);
     assert_eq!(c.http.unknown_host_status, 421);
+    assert_eq!(c.http.sni_host_mismatch, SniHostMismatch::Refuse);
     let up = &c.upstreams["app"];
     assert_eq!(up.connect_timeout, Duration::from_secs(3));
     assert_eq!(up.read_timeout, Duration::from_secs(3));
@@ -94,6 +95,10 @@ fn errors_name_line_column_and_key() {
             "edgepop.toml:6:10: site[0].names[0]: \"a..b\" is not a valid host name",
         ),
         (
+            "[[listener]]\naddress = \"127.0.0.1:80\"\n[http]\nsni-host-mismatch = \"ignore\"\n",
+            "edgepop.toml:4:21: http.sni-host-mismatch: unknown mode \"ignore\"; expected \"refuse\" or \"allow\"",
+        ),
+        (
             "[server]\nthreads = \"two\"\n",
             "edgepop.toml:2:11: invalid type",
         ),
@@ -156,4 +161,20 @@ fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncd", 0), (1, 1));
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
     assert_eq!(line_col("é=1\nx", 2), (1, 2));
+}
+
+#[test]
+fn sni_host_mismatch_modes_parse() {
+    for (value, want) in [
+        ("refuse", SniHostMismatch::Refuse),
+        ("allow", SniHostMismatch::Allow),
+    ] {
+        let c = parse(&format!(
+            "{MINIMAL}\n[http]\nsni-host-mismatch = \"{value}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.http.sni_host_mismatch, want, "{value}");
+    }
+    let errors = parse(&format!("{MINIMAL}\n[http]\nsni-host-mismatch = true\n")).unwrap_err();
+    assert!(errors.to_string().contains("invalid type"), "{errors}");
 }
