@@ -7,19 +7,18 @@ use bytes::{Bytes, BytesMut};
 use pingora::Result;
 use pingora::cache::key::HashBinary;
 use pingora::cache::storage::{HandleMiss, MissFinishType};
-use pingora::http::ResponseHeader;
 use tracing::debug;
 
 use crate::TieredStorage;
-use crate::memory::Entry;
+use crate::memory::{Entry, ParsedMeta};
 
 pub(crate) struct Miss {
     pub(crate) storage: &'static TieredStorage,
     pub(crate) hash: HashBinary,
     pub(crate) primary: Arc<str>,
-    /// The serialized meta and its response header, parsed.
+    /// The serialized meta, and the same meta parsed.
     pub(crate) meta: (Vec<u8>, Vec<u8>),
-    pub(crate) header: ResponseHeader,
+    pub(crate) parsed: ParsedMeta,
     pub(crate) chunks: Vec<Bytes>,
     pub(crate) size: u64,
     /// The body outgrew `max_object_bytes`: the buffer was dropped and nothing will be stored.
@@ -57,7 +56,7 @@ impl HandleMiss for Miss {
         let body = concat(this.chunks, this.size);
         let entry = Arc::new(Entry::from_parts(
             this.meta,
-            this.header,
+            this.parsed,
             body,
             this.primary,
         ));

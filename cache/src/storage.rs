@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use crate::disk::DiskTier;
 use crate::hit::{Hit, Tier};
-use crate::memory::{Entry, MemoryTier};
+use crate::memory::{Entry, MemoryTier, ParsedMeta};
 use crate::metrics::METRICS;
 use crate::miss::Miss;
 use crate::{CacheError, CacheSettings};
@@ -430,7 +430,7 @@ impl Storage for TieredStorage {
             hash: key.combined_bin(),
             primary: String::from_utf8_lossy(key.primary_key()).into(),
             meta: meta.serialize()?,
-            header: meta.response_header_copy(),
+            parsed: ParsedMeta::of(meta),
             chunks: Vec::new(),
             size: 0,
             too_large: false,

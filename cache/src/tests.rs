@@ -861,4 +861,21 @@ async fn hits_from_either_tier_return_the_stored_meta() {
     let (from_disk, _, tier) = get(s, &k).await.unwrap();
     assert_eq!(tier, Tier::Disk);
     assert_eq!(from_disk.serialize().unwrap(), want);
+
+    // a revalidation stamps `updated` apart from `created` (the other way of rebuilding the meta)
+    let mut revalidated = stored();
+    revalidated.update_freshness(SystemTime::now() + DAY, 5, 6);
+    revalidated.set_epoch_override(SystemTime::UNIX_EPOCH + DAY);
+    assert_ne!(revalidated.updated(), revalidated.created());
+    assert!(s.update_meta(&k, &revalidated, &span()).await.unwrap());
+    let want = revalidated.serialize().unwrap();
+    let (after, _, tier) = get(s, &k).await.unwrap();
+    assert_eq!(tier, Tier::Memory);
+    assert_eq!(after.serialize().unwrap(), want);
+    assert_eq!(after.updated(), revalidated.updated());
+    flush(s).await;
+    s.memory().remove(&k.combined_bin());
+    let (after, _, tier) = get(s, &k).await.unwrap();
+    assert_eq!(tier, Tier::Disk);
+    assert_eq!(after.serialize().unwrap(), want);
 }
