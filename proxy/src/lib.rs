@@ -415,7 +415,7 @@ pub fn build(config: Config, sockets: BoundSockets) -> Result<(Server, RunArgs),
         drain.clone(),
         config.threads,
         listening.clone(),
-        config.http.header_timeout,
+        state.clone(),
     ));
 
     let readiness = Arc::new(admin::Readiness {

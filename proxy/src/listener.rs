@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
@@ -29,6 +30,7 @@ use crate::header_deadline::HeaderDeadline;
 use crate::metrics;
 use crate::proxy_protocol;
 use crate::sni::RecordSni;
+use crate::state::State;
 
 /// Time allowed for the PROXY header, then for the TLS handshake.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,8 +144,8 @@ pub(crate) struct PublicListeners<A> {
     threads: usize,
     /// Set once every accept loop runs (read by `/readyz`).
     listening: Arc<std::sync::atomic::AtomicBool>,
-    /// `http.header-timeout` (read at start-up).
-    header_timeout: Duration,
+    /// The live configuration: `http.header-timeout` is read per connection, so a reload applies it.
+    state: Arc<ArcSwap<State>>,
 }
 
 impl<A> PublicListeners<A> {
@@ -154,10 +156,10 @@ impl<A> PublicListeners<A> {
         drain: Arc<Drain>,
         threads: usize,
         listening: Arc<std::sync::atomic::AtomicBool>,
-        header_timeout: Duration,
+        state: Arc<ArcSwap<State>>,
     ) -> Self {
         PublicListeners {
-            header_timeout,
+            state,
             bound,
             app: Arc::new(app),
             tls,
@@ -199,7 +201,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> pingora::services::Service for Pu
                 config: bound.config,
                 label,
                 tls,
-                header_timeout: self.header_timeout,
+                state: self.state.clone(),
                 slots: Arc::new(Semaphore::new(0)),
             });
             endpoint.slots.add_permits(endpoint.config.max_connections);
@@ -232,7 +234,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> pingora::services::Service for Pu
 }
 
 struct Endpoint {
-    header_timeout: Duration,
+    state: Arc<ArcSwap<State>>,
     config: ListenerConfig,
     label: String,
     tls: Option<Arc<Acceptor>>,
@@ -350,7 +352,8 @@ async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
             next = app.process_new(stream, &shutdown).await;
         }
     } else {
-        let stream = Box::new(HeaderDeadline::new(stream, endpoint.header_timeout));
+        let header_timeout = endpoint.state.load().http.header_timeout;
+        let stream = Box::new(HeaderDeadline::new(stream, header_timeout));
         crate::header_deadline::serve_h1(stream, &app, shutdown).await;
     }
 }

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgepop_tests::{Client, Edgepop, Origin, TestCa, raw_exchange, trace_init, write_pair};
+use edgepop_tests::{
+    Client, Edgepop, Origin, TestCa, assert_eventually, raw_exchange, trace_init, write_pair,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(origin: &Origin, trusted: &str) -> String {
@@ -356,11 +358,25 @@ async fn real_ip_header_is_believed_only_from_trusted_peers() {
 async fn a_slow_header_client_is_cut_off_at_the_header_timeout() {
     trace_init();
     let origin = Origin::start().await;
-    let ep = Edgepop::start(&format!(
-        "[http]\nheader-timeout = \"1s\"\n[[listener]]\naddress = \"{{http}}\"\n[upstream.app]\nservers = [\"{}\"]\n[[site]]\nnames = [\"a.test\"]\nupstream = \"app\"\n",
-        origin.addr
-    ))
-    .await;
+    let config = |timeout: &str| {
+        format!(
+            "[http]\nheader-timeout = \"{timeout}\"\n[[listener]]\naddress = \"{{http}}\"\n[upstream.app]\nservers = [\"{}\"]\n[[site]]\nnames = [\"a.test\"]\nupstream = \"app\"\n",
+            origin.addr
+        )
+    };
+    // Started with a long timeout; a reload brings it down to 1 s (the listener reads it per connection).
+    let ep = Edgepop::start(&config("60s")).await;
+    let text = std::fs::read_to_string(&ep.config_path).unwrap();
+    std::fs::write(&ep.config_path, text.replace("\"60s\"", "\"1s\"")).unwrap();
+    ep.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eventually!(
+        ep.metric(r#"edgepop_config_reloads_total{result="ok"}"#)
+            .await
+            >= 1.0,
+        Duration::from_secs(5),
+        "the reload was not applied; stderr:\n{}",
+        ep.stderr()
+    );
     let mut tcp = tokio::net::TcpStream::connect(ep.http).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
         .await
