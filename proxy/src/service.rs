@@ -30,11 +30,14 @@ use crate::state::{self, SiteState, State};
 use crate::upstream::{self, UpstreamFailure};
 use pingora::protocols::http::compression::Encode;
 
-static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_SERVER: http::HeaderName = http::HeaderName::from_static("x-forwarded-server");
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-static X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
+/// The forwarded headers as pingora's case-preserving names, as sent upstream: `insert_header` takes them as
+/// they are (a `HeaderName` would be title-cased into a new buffer on every insert).
+const X_FORWARDED_PROTO_CASED: &[u8] = b"X-Forwarded-Proto";
+const X_FORWARDED_HOST_CASED: &[u8] = b"X-Forwarded-Host";
+const X_FORWARDED_SERVER_CASED: &[u8] = b"X-Forwarded-Server";
+const X_FORWARDED_FOR_CASED: &[u8] = b"X-Forwarded-For";
+const X_REAL_IP_CASED: &[u8] = b"X-Real-IP";
 
 /// Per-request context.
 pub(crate) struct RequestCtx {
@@ -788,13 +791,13 @@ pub(crate) fn forwarded_headers(
     mode: ForwardedFor,
 ) -> Result<()> {
     let proto = if tls { &state::HTTPS } else { &state::HTTP };
-    req.insert_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
+    req.insert_header(Bytes::from_static(X_FORWARDED_PROTO_CASED), proto.clone())?;
     if let Some(host) = host {
         // One validated value, shared by both headers (HeaderValue clones are reference counts).
         let value = http::HeaderValue::from_str(host)
             .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "host"))?;
-        req.insert_header(X_FORWARDED_HOST.clone(), value.clone())?;
-        req.insert_header(X_FORWARDED_SERVER.clone(), value)?;
+        req.insert_header(Bytes::from_static(X_FORWARDED_HOST_CASED), value.clone())?;
+        req.insert_header(Bytes::from_static(X_FORWARDED_SERVER_CASED), value)?;
     }
     if let Some(ip) = client_ip {
         let ip = ip.to_string();
@@ -810,8 +813,8 @@ pub(crate) fn forwarded_headers(
             Some(prev) => format!("{prev}, {ip}"),
             None => ip.clone(),
         };
-        req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
-        req.insert_header(X_REAL_IP.clone(), ip)?;
+        req.insert_header(Bytes::from_static(X_FORWARDED_FOR_CASED), xff)?;
+        req.insert_header(Bytes::from_static(X_REAL_IP_CASED), ip)?;
     }
     Ok(())
 }
