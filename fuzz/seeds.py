@@ -16,7 +16,7 @@ def put(target, name, data):
     open(os.path.join(d,name),'wb').write(data)
 
 # ---------- config
-deploy=open('/work/main/deploy/edgepop.toml').read()
+deploy=open(os.path.join(os.path.dirname(root),'..','deploy','edgepop.toml')).read()
 put('config','ok-deploy-edgepop.toml',deploy)
 minimal='[[listener]]\naddress = "127.0.0.1:8080"\n'
 site='''[[listener]]
@@ -145,6 +145,15 @@ def entry(primary=b'a.test/x', meta0=b'', meta1=b'', body=b'hello', h=bytes(rang
     e=hdr+meta0+meta1+body
     return e+struct.pack('<I',zlib.crc32(e))
 good=entry(meta0=b'\x93\x00\x01\x02', meta1=b'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n')
+# pingora 0.9.1 CacheMeta::serialize() of a 200 with content-type, cache-control, content-length, etag (meta0:
+# msgpack internal meta, meta1: zstd-compressed header), then of the same with a variance; printed once by a
+# throwaway test over pingora::cache::CacheMeta. They let the fuzzer mutate real metas, not only the framing.
+real_meta0=bytes.fromhex('990292ce6b49d23c0092ce6b49d2000092ce6b49d200000a1ec0c092ce6b49d20000')
+real_meta0_variance=bytes.fromhex('990292ce6b49d23c0092ce6b49d2000092ce6b49d200000a1edc001066656463626139383736353433323130c092ce6b49d20000')
+real_meta1=bytes.fromhex(
+ '28b52ffd207e7d03004287191c608b73a8ceaf26d1e10849d9e2be45d64e46c1c2f2d7fc6711437ec1993221dc2ca2aced3bd340997b83'
+ 'fd1661e9b6cab18e0298f19ae851f622741859b5e3e54c05b578b4bc1bd03a56c373ee923bfacafa795c1df661e44c8884ae255025a024'
+ '0a86390401009ab38528')
 ce={
  'valid-garbage-meta':good,
  'valid-empty':entry(primary=b'',body=b''),
@@ -152,6 +161,8 @@ ce={
  'valid-big-body':entry(body=b'x'*4096),
  'valid-random-meta':entry(meta0=bytes(random.getrandbits(8) for _ in range(40)),meta1=bytes(random.getrandbits(8) for _ in range(40))),
  'valid-msgpack-like-meta':entry(meta0=b'\x95\xce\x00\x00\x00\x01\xce\x00\x00\x00\x02\xce\x00\x00\x00\x03\x00\x00',meta1=b'\x92\xcd\x00\xc8\x90'),
+ 'valid-real-meta':entry(meta0=real_meta0,meta1=real_meta1),
+ 'valid-real-meta-variance':entry(meta0=real_meta0_variance,meta1=real_meta1),
  'truncated-by-1':good[:-1],
  'truncated-header':good[:30],
  'truncated-at-crc':good[:52+8],

@@ -4,6 +4,8 @@
 //! Dockerfile (its instruction syntax) are parsed, never grepped, and checked against the configuration as
 //! `edgepop::Config::load` validates it: ports, PROXY protocol, signals and shutdown budgets, the admin listener,
 //! the certificate layout. The last test runs `edgepop check` on the shipped file.
+//! The real tools that install from the registries (hadolint, BuildKit's Dockerfile parser, `nix-instantiate`)
+//! run in `deploy/check/run.sh`, called by `.ci/run`: stages, COPY sources, flake inputs and paths are checked there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
