@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgepop_tests::{Client, Edgepop, Origin, TestCa, assert_eventually, trace_init, write_pair};
+use edgepop_tests::{Client, Edgepop, Origin, TestCa, assert_eventually, trace_init};
 
 fn config(origin: &Origin, extra_site: &str) -> String {
     format!(
@@ -62,14 +62,7 @@ async fn start_in(
         builder = builder.root(root);
     }
     std::fs::write(builder.dir().join("token"), "s3cret\n").unwrap();
-    write_pair(
-        &builder.dir().join("certs"),
-        "a.test",
-        &ca.leaf(&["a.test"]),
-        "chain.pem",
-        "key.pem",
-    )
-    .unwrap();
+    builder.cert(&ca, "a.test", &["a.test"]);
     (builder.wait_ready().start().await, ca)
 }
 

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgepop_tests::{
-    Client, Edgepop, Origin, TestCa, assert_eventually, raw_exchange, trace_init, write_pair,
-};
+use edgepop_tests::{Client, Edgepop, Origin, TestCa, assert_eventually, raw_exchange, trace_init};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(origin: &Origin, trusted: &str) -> String {
@@ -55,14 +53,7 @@ async fn start(origin: &Origin, trusted: &str) -> (Edgepop, TestCa) {
     trace_init();
     let ca = TestCa::new();
     let builder = Edgepop::builder(&config(origin, trusted));
-    write_pair(
-        &builder.dir().join("certs"),
-        "a.test",
-        &ca.leaf(&["a.test"]),
-        "chain.pem",
-        "key.pem",
-    )
-    .unwrap();
+    builder.cert(&ca, "a.test", &["a.test"]);
     (builder.wait_ready().start().await, ca)
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgepop_tests::{Client, Edgepop, Origin, TestCa, raw_exchange, trace_init, write_pair};
+use edgepop_tests::{Client, Edgepop, Origin, TestCa, raw_exchange, trace_init};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One TLS and one plain listener, two sites (a.test, b.test) on one origin.
@@ -44,23 +44,8 @@ async fn start(origin: &Origin) -> (Edgepop, TestCa) {
     trace_init();
     let ca = TestCa::new();
     let builder = Edgepop::builder(&config(origin));
-    let certs = builder.dir().join("certs");
-    write_pair(
-        &certs,
-        "a.test",
-        &ca.leaf(&["a.test"]),
-        "chain.pem",
-        "key.pem",
-    )
-    .unwrap();
-    write_pair(
-        &certs,
-        "b.test",
-        &ca.leaf(&["b.test"]),
-        "chain.pem",
-        "key.pem",
-    )
-    .unwrap();
+    builder.cert(&ca, "a.test", &["a.test"]);
+    builder.cert(&ca, "b.test", &["b.test"]);
     (builder.wait_ready().start().await, ca)
 }
 
@@ -788,14 +773,7 @@ async fn a_certs_directory_writable_by_others_is_warned_about_or_refused() {
     // Default ("warn"): starts, and says which directory and what to do.
     let builder = Edgepop::builder(&config(&origin));
     let certs = builder.dir().join("certs");
-    write_pair(
-        &certs,
-        "a.test",
-        &ca.leaf(&["a.test"]),
-        "chain.pem",
-        "key.pem",
-    )
-    .unwrap();
+    builder.cert(&ca, "a.test", &["a.test"]);
     std::fs::set_permissions(certs.join("a.test"), std::fs::Permissions::from_mode(0o777)).unwrap();
     let ep = builder.wait_ready().start().await;
     edgepop_tests::assert_eventually!(

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::Signal;
 
-use edgepop_tests::{Client, Edgepop, Origin, TestCa, assert_eventually, trace_init, write_pair};
+use edgepop_tests::{Client, Edgepop, Origin, TestCa, assert_eventually, trace_init};
 
 /// One plain listener, site a.test in front of `origin`, plus `extra` appended.
 fn config(origin: &Origin, extra: &str) -> String {
@@ -390,14 +390,7 @@ upstream = "app"
         dns = dns.addr(),
         port = origin.addr.port()
     ));
-    write_pair(
-        &builder.dir().join("certs"),
-        "a.test",
-        &ca.leaf(&["a.test"]),
-        "chain.pem",
-        "key.pem",
-    )
-    .unwrap();
+    builder.cert(&ca, "a.test", &["a.test"]);
     let ep = builder.wait_ready().start().await;
 
     let (_, scrape) = ep.admin_get("/metrics").await;

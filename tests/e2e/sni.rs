@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgepop_tests::{Client, Edgepop, Origin, TestCa, trace_init, write_pair};
+use edgepop_tests::{Client, Edgepop, Origin, TestCa, trace_init};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -64,23 +64,8 @@ async fn start(mode: Option<&str>) -> Setup {
     let (a, b) = (Origin::start().await, Origin::start().await);
     let ca = TestCa::new();
     let builder = Edgepop::builder(&config(&a, &b, mode));
-    let certs = builder.dir().join("certs");
-    write_pair(
-        &certs,
-        "a.test",
-        &ca.leaf(&["a.test", "*.a.test"]),
-        "chain.pem",
-        "key.pem",
-    )
-    .unwrap();
-    write_pair(
-        &certs,
-        "b.test",
-        &ca.leaf(&["b.test"]),
-        "chain.pem",
-        "key.pem",
-    )
-    .unwrap();
+    builder.cert(&ca, "a.test", &["a.test", "*.a.test"]);
+    builder.cert(&ca, "b.test", &["b.test"]);
     let ep = builder.wait_ready().start().await;
     Setup { ep, ca, a, b }
 }

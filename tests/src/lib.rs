@@ -268,6 +268,19 @@ impl EdgepopBuilder {
         self.root.as_deref().unwrap_or(self.dir.path())
     }
 
+    /// Writes a pair from `ca` for `names` as `{certs}/<domain>/chain.pem` and `key.pem`, the layout vault-agent
+    /// renders; `{certs}` is `{dir}/certs`.
+    pub fn cert(&self, ca: &TestCa, domain: &str, names: &[&str]) {
+        write_pair(
+            &self.dir().join("certs"),
+            domain,
+            &ca.leaf(names),
+            "chain.pem",
+            "key.pem",
+        )
+        .unwrap_or_else(|e| panic!("writing the test pair for {domain}: {e}"));
+    }
+
     /// Starts the process.
     pub async fn start(self) -> Edgepop {
         let ports: HashMap<&str, u16> = ["https", "https2", "http", "http2", "admin"]
