@@ -39,17 +39,36 @@ impl MemCgroup {
         );
         let mut why = Vec::new();
         for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-            match Self::create_v2(Path::new(root), &name, limit) {
+            match Self::create_v2(Path::new(root), &name, limit).and_then(Self::joinable) {
                 Ok(cg) => return Ok(cg),
                 Err(e) => why.push(e),
             }
         }
-        match Self::create_v1(&name, limit) {
+        match Self::create_v1(&name, limit).and_then(Self::joinable) {
             Ok(cg) => Ok(cg),
             Err(e) => {
                 why.push(e);
                 Err(why.join("; "))
             }
+        }
+    }
+
+    /// Checks that a process can move itself in, as the edgepop wrapper will (cgroup v2 refuses it in some
+    /// container layouts, e.g. when the parent has processes of its own): a short-lived `sh` tries it.
+    fn joinable(self) -> Result<MemCgroup, String> {
+        let status = std::process::Command::new("sh")
+            .args(["-c", r#"echo $$ > "$0""#])
+            .arg(self.procs_file())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("running sh: {e}"))?;
+        if status.success() {
+            Ok(self)
+        } else {
+            Err(format!(
+                "a process cannot join {} ({status})",
+                self.path.display()
+            ))
         }
     }
 
