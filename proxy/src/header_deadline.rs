@@ -158,20 +158,30 @@ impl HeaderDeadline {
         }
     }
 
-    /// Scans newly read bytes for the end of the header block.
+    /// Scans newly read bytes for the end of the header block, without allocating: a terminator inside `new`, or
+    /// one that straddles the previous read (at most 3 bytes on each side of the boundary).
     fn observe(&mut self, new: &[u8]) {
-        let mut window = Vec::with_capacity(3 + new.len().min(64));
-        window.extend_from_slice(&self.tail);
-        window.extend_from_slice(new);
-        let ended =
-            window.windows(4).any(|w| w == b"\r\n\r\n") || window.windows(2).any(|w| w == b"\n\n");
-        if ended {
+        if new.is_empty() {
+            return;
+        }
+        let head = &new[..new.len().min(3)];
+        let mut edge = [0u8; 6];
+        edge[..3].copy_from_slice(&self.tail);
+        edge[3..3 + head.len()].copy_from_slice(head);
+        if ends_header(&edge[..3 + head.len()]) || ends_header(new) {
             self.deadline = None;
             return;
         }
-        let n = window.len();
-        self.tail.copy_from_slice(&window[n - 3..]);
+        // the last three bytes of everything seen so far
+        let keep = new.len().min(3);
+        self.tail.rotate_left(keep);
+        self.tail[3 - keep..].copy_from_slice(&new[new.len() - keep..]);
     }
+}
+
+/// Whether `bytes` hold the blank line that ends a header block (`\r\n\r\n`, or `\n\n`).
+fn ends_header(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 impl fmt::Debug for HeaderDeadline {
@@ -207,8 +217,7 @@ impl AsyncRead for HeaderDeadline {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if this.deadline.is_some() && matches!(result, Poll::Ready(Ok(()))) {
-            let filled = buf.filled()[before..].to_vec();
-            this.observe(&filled);
+            this.observe(&buf.filled()[before..]);
         }
         result
     }
@@ -340,5 +349,34 @@ mod tests {
         assert!(bare.deadline.is_some());
         bare.observe(b"\n");
         assert!(bare.deadline.is_none(), "bare LF terminator");
+
+        // one byte at a time, and a terminator split 1 + 3 after short reads
+        for (reads, ends) in [
+            (
+                &[&b"GET / HTTP/1.1\r"[..], b"\n", b"\r", b"\n"][..],
+                &[false, false, false, true][..],
+            ),
+            (
+                &[&b"X"[..], b"\r", b"\n\r\n"][..],
+                &[false, false, true][..],
+            ),
+            (
+                &[&b"ab\r\n"[..], b"\r", b"x"][..],
+                &[false, false, false][..],
+            ),
+        ] {
+            let mut d = HeaderDeadline::new(
+                Box::new(pingora::protocols::l4::stream::Stream::from(
+                    tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                        .await
+                        .unwrap(),
+                )),
+                Duration::from_secs(1),
+            );
+            for (read, end) in reads.iter().zip(ends.iter()) {
+                d.observe(read);
+                assert_eq!(d.deadline.is_none(), *end, "{reads:?} at {read:?}");
+            }
+        }
     }
 }
