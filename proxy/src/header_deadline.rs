@@ -9,6 +9,7 @@
 //! next byte itself ([`HeaderDeadline::wait_readable`]), so an idle connection holds only its stream and this
 //! small future. pingora's per-request future (tens of KB, allocated when `process_new_http` is called and held
 //! while it waits in `read_request`) and its 4 KB header buffer exist only while a request is being read or served.
+//! Why, and what it does not carry over: docs/decisions/0002-http1-keepalive-loop.md.
 
 use std::fmt;
 use std::pin::Pin;
