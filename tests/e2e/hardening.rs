@@ -5,23 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgepop_tests::{Client, Edgepop, Origin, TestCa, raw_exchange, trace_init};
+use edgepop_tests::{Client, Edgepop, Origin, TLS_AND_PLAIN, TestCa, raw_exchange, trace_init};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One TLS and one plain listener, two sites (a.test, b.test) on one origin.
 fn config(origin: &Origin) -> String {
     format!(
         r#"
-[[listener]]
-address = "{{https}}"
-tls = true
-
-[[listener]]
-address = "{{http}}"
-
-[tls]
-certs-dir = "{{certs}}"
-
+{TLS_AND_PLAIN}
 [upstream.app]
 servers = ["{origin}"]
 connect-timeout = "2s"

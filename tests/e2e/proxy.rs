@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use edgepop_tests::{
-    Client, Edgepop, Origin, TestCa, assert_eventually, raw_exchange, trace_init, write_pair,
+    Client, Edgepop, Origin, TLS_AND_PLAIN, TestCa, assert_eventually, raw_exchange, trace_init,
+    write_pair,
 };
 
 /// Two TLS domains and one plain listener in front of `origin`.
@@ -14,16 +15,7 @@ fn config(origin: &Origin) -> String {
 [server]
 drain-timeout = "5s"
 
-[[listener]]
-address = "{{https}}"
-tls = true
-
-[[listener]]
-address = "{{http}}"
-
-[tls]
-certs-dir = "{{certs}}"
-
+{TLS_AND_PLAIN}
 [upstream.app]
 servers = ["{origin}"]
 connect-timeout = "2s"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgepop_tests::{Client, Edgepop, Origin, TestCa, trace_init};
+use edgepop_tests::{Client, Edgepop, Origin, TLS_AND_PLAIN, TestCa, trace_init};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -21,16 +21,7 @@ fn config(origin_a: &Origin, origin_b: &Origin, mode: Option<&str>) -> String {
     });
     format!(
         r#"
-[[listener]]
-address = "{{https}}"
-tls = true
-
-[[listener]]
-address = "{{http}}"
-
-[tls]
-certs-dir = "{{certs}}"
-default-cert = "a.test"
+{TLS_AND_PLAIN}default-cert = "a.test"
 
 {http}
 [upstream.a]

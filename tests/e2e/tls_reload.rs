@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgepop_certs::test_util::{set_mode, write_atomic};
 use edgepop_tests::{
-    Client, Edgepop, Origin, TestCa, TestPair, assert_eventually, edgepop_bin, free_port,
-    trace_init, write_pair,
+    Client, Edgepop, Origin, TLS_AND_PLAIN, TestCa, TestPair, assert_eventually, edgepop_bin,
+    free_port, trace_init, write_pair,
 };
 use nix::sys::signal::Signal;
 use rustls::client::{
@@ -29,16 +29,7 @@ const LIVE_WITHIN: Duration = Duration::from_secs(1);
 fn config(origin: &Origin, tls_extra: &str) -> String {
     format!(
         r#"
-[[listener]]
-address = "{{https}}"
-tls = true
-
-[[listener]]
-address = "{{http}}"
-
-[tls]
-certs-dir = "{{certs}}"
-{tls_extra}
+{TLS_AND_PLAIN}{tls_extra}
 
 [upstream.app]
 servers = ["{origin}"]

@@ -42,6 +42,19 @@ macro_rules! assert_eventually {
     }};
 }
 
+/// The listeners most end-to-end configs start from: `{https}` with TLS, plain `{http}`, and `[tls]` reading
+/// `{certs}` (more `[tls]` keys may follow it). Use it inside `format!` as `{TLS_AND_PLAIN}`.
+pub const TLS_AND_PLAIN: &str = r#"[[listener]]
+address = "{https}"
+tls = true
+
+[[listener]]
+address = "{http}"
+
+[tls]
+certs-dir = "{certs}"
+"#;
+
 /// Installs a test subscriber once (respects `RUST_LOG`).
 pub fn trace_init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
